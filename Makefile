@@ -1,0 +1,32 @@
+# The README's two commands: `make sweep` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: install sweep test bench lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: an unpinned torch pulls a newer multi-GB build
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# The main job. Until the study lands: a short TextCraftor run on the offline tiny preset.
+sweep: install
+	$(PY) -m textcraftor.train --output-dir runs/quickstart --resume \
+		--set train.steps=20 --set train.lr=1e-3 --set train.eval_every=10
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m textcraftor.bench --json
+
+lint: install
+	$(PY) -m ruff check textcraftor study analysis tests

@@ -1,0 +1,205 @@
+"""The method's configuration: one frozen dataclass per concern, validated on construction."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from textcraftor.configio import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    read_yaml,
+    require,
+    require_choice,
+)
+
+PRESETS = ("tiny", "sd15-random")
+TRUNCATION_MODES = ("last_k", "random_k", "x0_shortcut")
+NO_GRAD_ENCODERS = ("original", "trainable")
+UNET_TRAINING = ("none", "full", "lora")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+# Differentiable rewards; "clip" is the CLIP text-image constraint, weighted by λ.
+QUALITY_REWARDS = ("aesthetic", "pickscore", "hpsv2", "hpsv2.1")
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = "tiny"  # preset (tiny, sd15-random), hub id, or local diffusers folder
+    revision: str | None = None  # hub revision for a hub id
+    cache_dir: str | None = None  # where presets are built; default ~/.cache/textcraftor
+    train_unet: str = "none"  # none | full | lora: also fine-tune the UNet
+    unet_lr: float = 1e-6  # learning rate of the UNet (or its LoRA)
+    lora_rank: int = 4  # LoRA rank when train_unet=lora
+    train_text_encoder: bool = True  # False freezes it (the reference's UNet stage)
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | fp16 | bf16
+
+    def __post_init__(self) -> None:
+        require(bool(self.source), "model.source",
+                f"must be a preset {PRESETS}, a hub id or a path")
+        require_choice(self.train_unet, "model.train_unet", UNET_TRAINING)
+        require_choice(self.mixed_precision, "model.mixed_precision", MIXED_PRECISION)
+        require(self.unet_lr > 0, "model.unet_lr", f"must be > 0, got {self.unet_lr}")
+        require(self.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {self.lora_rank}")
+        require(self.train_text_encoder or self.train_unet != "none", "model.train_text_encoder",
+                "nothing to train: text encoder frozen and train_unet=none")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    resolution: int = 128  # image side in pixels (512 for SD v1.5)
+    num_steps: int = 20  # T, DDIM steps from noise
+    guidance_scale: float = 7.5  # classifier-free guidance w; <= 1 disables the unconditional pass
+    eta: float = 0.0  # DDIM eta (0 = deterministic)
+    truncation: str = "last_k"  # last_k | random_k | x0_shortcut
+    k: int = 5  # last_k: the last K steps carry gradient
+    k_min: int = 1  # random_k / x0_shortcut: smallest K (drawn once per batch)
+    k_max: int = 5  # random_k / x0_shortcut: largest K
+    no_grad_encoder: str = "original"  # which text encoder drives the no-grad steps
+    checkpointing: bool = True  # gradient checkpointing on every UNet call with gradient
+    test_finetuned_steps: int = 0  # evaluation/generation: fine-tuned encoder drives the last M
+    #                                steps, the original the rest (reference: 15 of 25); 0 = all
+
+    def __post_init__(self) -> None:
+        require(self.resolution >= 8 and self.resolution % 8 == 0, "sample.resolution",
+                f"must be a positive multiple of 8, got {self.resolution}")
+        require(self.num_steps >= 1, "sample.num_steps", f"must be >= 1, got {self.num_steps}")
+        require(self.eta >= 0, "sample.eta", f"must be >= 0, got {self.eta}")
+        require_choice(self.truncation, "sample.truncation", TRUNCATION_MODES)
+        require_choice(self.no_grad_encoder, "sample.no_grad_encoder", NO_GRAD_ENCODERS)
+        t = self.num_steps
+        require(0 <= self.test_finetuned_steps <= t, "sample.test_finetuned_steps",
+                f"must be in [0, num_steps={t}], got {self.test_finetuned_steps}")
+        if self.truncation == "last_k":
+            require(1 <= self.k <= t, "sample.k", f"must be in [1, num_steps={t}], got {self.k}")
+        else:
+            require(1 <= self.k_min <= t, "sample.k_min",
+                    f"must be in [1, num_steps={t}], got {self.k_min}")
+            require(self.k_min <= self.k_max <= t, "sample.k_max",
+                    f"must be in [k_min={self.k_min}, num_steps={t}], got {self.k_max}")
+
+
+@dataclass(frozen=True)
+class RewardSourceConfig:
+    source: str  # hub id, folder or file of the reward's weights
+    backbone: str | None = None  # second piece where needed (CLIP tower, tokenizer, model name)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    weights: Mapping[str, float] = field(  # user weight w_i of each quality reward
+        default_factory=lambda: _frozen_mapping({"aesthetic": 1.0})
+    )
+    clip_constraint: float = 1.0  # λ, weight of the CLIP text-image similarity constraint
+    scales: Mapping[str, float] = field(  # s_i overrides; default = the reference's loss scales
+        default_factory=lambda: _frozen_mapping({})
+    )
+    sources: Mapping[str, RewardSourceConfig] = field(  # per-reward weight sources
+        default_factory=lambda: _frozen_mapping({})
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", _frozen_mapping(self.weights))
+        object.__setattr__(self, "scales", _frozen_mapping(self.scales))
+        object.__setattr__(self, "sources", _frozen_mapping(self.sources))
+        for name, weight in self.weights.items():
+            require_choice(name, "reward.weights", QUALITY_REWARDS)
+            require(weight >= 0, f"reward.weights.{name}", f"must be >= 0, got {weight}")
+        require(self.clip_constraint >= 0, "reward.clip_constraint",
+                f"must be >= 0, got {self.clip_constraint}")
+        require(any(w > 0 for w in self.active().values()), "reward.weights",
+                "all weights are zero (clip_constraint too): nothing to optimise")
+        for name in (*self.scales, *self.sources):
+            require_choice(name, "reward.scales/sources", (*QUALITY_REWARDS, "clip"))
+
+    def active(self) -> dict[str, float]:
+        """Weights of every reward in the objective, the constraint as ``clip``; zeros dropped."""
+        weights = {n: w for n, w in self.weights.items() if w > 0}
+        if self.clip_constraint > 0:
+            weights["clip"] = self.clip_constraint
+        return weights
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: str | None = None  # .txt/.csv/.tsv prompt file; None = the bundled prompt set
+    column: str | None = None  # csv/tsv column with the prompt (default Prompt/prompt/text)
+    heldout_count: int = 8  # held-out evaluation prompts, split off by seed
+    eval_seeds: tuple[int, ...] = (0, 1)  # noise seeds per held-out prompt at evaluation
+
+    def __post_init__(self) -> None:
+        require(self.heldout_count >= 1, "data.heldout_count",
+                f"must be >= 1, got {self.heldout_count}")
+        require(len(self.eval_seeds) >= 1, "data.eval_seeds", "needs at least one seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 50  # optimizer steps
+    batch_size: int = 2  # prompts per micro-batch per worker
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-6  # text-encoder learning rate (reference: 1e-6, AdamW, no schedule)
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    seed: int = 0  # prompts, noise and truncation draws derive from it
+    eval_every: int = 25  # evaluate on held-out prompts every N steps (and at the end); 0 = end
+    save_every: int = 25  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    sample_grid: bool = True  # save a PNG grid of the evaluation images
+    eval_at_start: bool = True  # evaluate the untuned encoder before the first step (baseline)
+    eval_batch_size: int = 8  # images per forward pass at evaluation
+    inject_nan_at: int = 0  # fault injection for tests: the loss is NaN at this step (0 = never)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "keep_checkpoints",
+                     "eval_batch_size"):
+            value = getattr(self, name)
+            require(value >= 1, f"train.{name}", f"must be >= 1, got {value}")
+        require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(self.max_grad_norm >= 0, "train.max_grad_norm",
+                f"must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # which pipeline, what trains
+    sample: SampleConfig = field(default_factory=SampleConfig)  # the DDIM chain and truncation
+    reward: RewardConfig = field(default_factory=RewardConfig)  # objective
+    data: DataConfig = field(default_factory=DataConfig)  # prompts
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
+    output_dir: str = "runs/textcraftor"  # run folder: config.json, metrics.jsonl, checkpoints
+
+    def with_output_dir(self, output_dir: str | Path) -> RunConfig:
+        return replace(self, output_dir=str(output_dir))
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), base: Mapping | None = None
+) -> RunConfig:
+    """Read a YAML run config (or start from ``base``/defaults), then apply ``key=value``
+    overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(read_yaml(path))
+    return from_dict(RunConfig, apply_overrides(data, overrides))
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "RewardConfig",
+    "RewardSourceConfig",
+    "RunConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "load_run_config",
+]

@@ -1,0 +1,153 @@
+"""YAML/dict ↔ frozen dataclasses, with errors that name the field and the allowed values.
+
+Shared by the method's config (`textcraftor.config`) and the study's (`study.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field (dotted path) and what is allowed."""
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raise ``ConfigError("field: message")`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+def require_choice(value: Any, field: str, allowed: Sequence[Any]) -> None:
+    require(value in allowed, field, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from plain data, checking keys and types recursively."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(where + str(k) for k in unknown)}; "
+            f"allowed under {path or 'the top level'}: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {
+        name: _convert(hints[name], value, f"{path}.{name}" if path else name)
+        for name, value in data.items()
+    }
+    return cls(**values)
+
+
+def _convert(annotation: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of "
+                          f"{' | '.join(_type_name(a) for a in args)}")
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, path)
+    if origin is typing.Literal:
+        require_choice(value, path, args)
+        return value
+    if origin in (tuple, Sequence) or annotation is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return tuple(_convert(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return types.MappingProxyType(
+            {_convert(key_type, k, path): _convert(value_type, v, f"{path}.{k}")
+             for k, v in value.items()}
+        )
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation in (str, bool):
+        if not isinstance(value, annotation):
+            raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def to_dict(config: Any) -> Any:
+    """Plain JSON-able data (mappings, lists, scalars) from a config dataclass."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return {k: to_dict(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to nested plain data."""
+    result = json.loads(json.dumps(dict(data)))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data

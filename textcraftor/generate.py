@@ -1,0 +1,115 @@
+"""``python -m textcraftor.generate``: images from the base model, a fine-tuned text encoder, or
+an interpolation of the two (``--alpha``), optionally with the fine-tuned encoder driving only the
+last M of T steps (``--finetuned-steps``; the paper's test setting is 15 of 25)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from textcraftor.checkpoint import latest_checkpoint, load_checkpoint
+from textcraftor.config import RunConfig, load_run_config
+from textcraftor.generation import sample_images
+from textcraftor.models import Pipeline, load_pipeline
+from textcraftor.sampler import PromptTokenizer
+from textcraftor.trainer import autocast_dtype, load_unet_weights, make_unet_trainable
+
+log = logging.getLogger(__name__)
+
+
+def load_finetuned(pipeline: Pipeline, checkpoint: str | Path, train_unet: str = "none",
+                   lora_rank: int = 4) -> Pipeline:
+    """Put a checkpoint's text encoder (and UNet/LoRA) into ``pipeline``; the original encoder
+    stays as loaded."""
+    state = load_checkpoint(checkpoint)
+    if "text_encoder" in state.weights:
+        pipeline.text_encoder.load_state_dict(state.weights["text_encoder"])
+    if "unet_lora" in state.weights:
+        make_unet_trainable(pipeline, "lora", lora_rank)
+    load_unet_weights(pipeline, state.weights)
+    for module in (pipeline.text_encoder, pipeline.unet):
+        module.requires_grad_(False).eval()
+    return pipeline
+
+
+def resolve_checkpoint(run_or_checkpoint: str) -> tuple[Path, RunConfig | None]:
+    """A checkpoint folder and, when it belongs to a run folder, that run's resolved config."""
+    path = Path(run_or_checkpoint)
+    if (path / "config.json").is_file():  # a run folder: its latest checkpoint
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"run folder {path} has no checkpoint yet")
+        return found, load_run_config(None, base=json.loads((path / "config.json").read_text()))
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint folder")
+    run_config = path.parent.parent / "config.json"
+    base = json.loads(run_config.read_text()) if run_config.is_file() else None
+    return path, (load_run_config(None, base=base) if base else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m textcraftor.generate", description=__doc__)
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--run", help="run folder or checkpoint folder of a fine-tuned encoder "
+                        "(omit for the base model)")
+    parser.add_argument("--config", help="YAML run config (model source, sampling)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--alpha", type=float, default=1.0,
+                        help="a in a·E_ft + (1−a)·E_orig (0 = base, 1 = fine-tuned)")
+    parser.add_argument("--finetuned-steps", type=int, default=None,
+                        help="M: the (interpolated) fine-tuned encoder drives the last M steps")
+    parser.add_argument("--seeds", default="0", help="comma-separated noise seeds per prompt")
+    parser.add_argument("--out", required=True, help="output folder for PNG files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if not args.prompt:
+        parser.error("give at least one --prompt")
+    checkpoint, run_config = resolve_checkpoint(args.run) if args.run else (None, None)
+    base = None
+    if run_config is not None and not args.config:
+        from textcraftor.configio import to_dict
+
+        base = to_dict(run_config)
+    config = load_run_config(args.config, args.overrides, base=base)
+    m = config.model
+    pipeline = load_pipeline(m.source, m.cache_dir, m.revision)
+    if checkpoint is not None:
+        load_finetuned(pipeline, checkpoint, m.train_unet, m.lora_rank)
+    elif args.alpha != 0.0:
+        log.info("no --run given: the base model (alpha has no effect)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline.to(device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    prompts = [p for p in args.prompt for _ in seeds]
+    noise_seeds = [s for _ in args.prompt for s in seeds]
+    dtype = autocast_dtype(m.mixed_precision, device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        images = sample_images(pipeline, pipeline.text_encoder, PromptTokenizer(
+            pipeline.tokenizer, device), prompts, noise_seeds, config.sample, alpha=args.alpha,
+            finetuned_steps=args.finetuned_steps)
+    save_images(images, prompts, noise_seeds, Path(args.out), args.alpha)
+    return 0
+
+
+def save_images(images: torch.Tensor, prompts, seeds, out: Path, alpha: float) -> list[Path]:
+    from torchvision.utils import save_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (image, seed) in enumerate(zip(images, seeds)):
+        path = out / f"{i:03d}_seed{seed}_alpha{alpha:g}.png"
+        save_image(image, path)
+        paths.append(path)
+    (out / "prompts.json").write_text(json.dumps(
+        [{"file": p.name, "prompt": pr, "seed": s} for p, pr, s in zip(paths, prompts, seeds)],
+        indent=2))
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The TextCraftor objective  L = −Σ wᵢ·sᵢ·Rᵢ(x, p) − λ·s_clip·CLIP(x, p),  averaged over the batch.
+
+wᵢ are the user's weights (λ for the CLIP constraint), sᵢ the fixed loss scales of the reference
+code (``REWARD_SCALES``) that put the rewards on comparable magnitudes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from textcraftor.config import RewardConfig
+from textcraftor.rewards import REWARD_SCALES, Reward, RewardSource, load_reward
+from textcraftor.rewards.tiny import build_tiny_rewards
+
+
+class Objective(nn.Module):
+    """Weighted sum of differentiable rewards; gradient flows only through the images."""
+
+    def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float],
+                 scales: Mapping[str, float] | None = None):
+        super().__init__()
+        missing = set(weights) - set(rewards)
+        if missing:
+            raise ValueError(f"no reward model for weight(s) {sorted(missing)}")
+        self.rewards = nn.ModuleDict({name: rewards[name] for name in weights})
+        scales = {**REWARD_SCALES, **(scales or {})}
+        # w_i * s_i per reward, in a fixed order
+        self.coefficients = {name: float(w) * float(scales[name]) for name, w in weights.items()}
+
+    def forward(
+        self, images: torch.Tensor, prompts: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """images: [B,3,H,W] in [0,1]. Returns (loss scalar, {name: [B] raw reward Rᵢ})."""
+        scores = {name: reward(images, prompts) for name, reward in self.rewards.items()}
+        weighted = sum(c * scores[name] for name, c in self.coefficients.items())
+        return -weighted.mean(), scores
+
+    def quality(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Σ wᵢ·sᵢ·Rᵢ per image (the negative per-image loss), [B]."""
+        return sum(c * scores[name] for name, c in self.coefficients.items())
+
+
+def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Path | None
+                   ) -> dict[str, RewardSource | None]:
+    """Where each active reward's weights come from: tiny models for the tiny preset, the real
+    checkpoints otherwise (``None`` = the reward's real default), user overrides first."""
+    tiny = None
+    if model_source == "tiny":
+        from textcraftor.models import PRESET_VERSION, default_cache_dir
+
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        tiny = build_tiny_rewards(cache / f"tiny-rewards-{PRESET_VERSION}-0")
+    sources: dict[str, RewardSource | None] = {}
+    for name in config.active():
+        override = config.sources.get(name)
+        if override is not None:
+            sources[name] = RewardSource(override.source, override.backbone)
+        else:
+            sources[name] = tiny[name] if tiny is not None else None
+    return sources
+
+
+def build_objective(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
+                    device: torch.device | str = "cpu") -> Objective:
+    """Load every active reward (frozen) and combine them with the configured weights."""
+    sources = reward_sources(config, model_source, cache_dir)
+    rewards = {name: load_reward(name, source, device=device) for name, source in sources.items()}
+    return Objective(rewards, config.active(), config.scales)

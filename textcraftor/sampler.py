@@ -1,0 +1,169 @@
+"""A differentiable DDIM chain with classifier-free guidance and truncated backpropagation.
+
+Symbols follow the paper: the chain runs T DDIM steps from noise x_T; only the last K steps
+(or, for ``x0_shortcut``, one late step predicting x̂0) carry gradient to the text embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from torch.utils.checkpoint import checkpoint
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from textcraftor.config import SampleConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Which of the T steps carry gradient: steps ``grad_from .. T-1`` (K = T − grad_from)."""
+
+    grad_from: int  # index of the first step with gradient
+    stop_at_x0: bool = False  # x0_shortcut: return x̂0 predicted at step grad_from (one grad step)
+
+    def grad_steps(self, num_steps: int) -> int:
+        return 1 if self.stop_at_x0 else num_steps - self.grad_from
+
+
+def draw_truncation(config: SampleConfig, rng: random.Random) -> Truncation:
+    """The truncation of one batch: fixed K, or K drawn once per batch (never per step)."""
+    t = config.num_steps
+    if config.truncation == "last_k":
+        return Truncation(t - config.k)
+    k = rng.randint(config.k_min, config.k_max)
+    return Truncation(t - k, stop_at_x0=config.truncation == "x0_shortcut")
+
+
+class PromptTokenizer:
+    """Token ids for prompts, cached per prompt; prompts over the limit are truncated, with one
+    warning."""
+
+    def __init__(self, tokenizer: CLIPTokenizer, device: torch.device | str = "cpu"):
+        self.tokenizer = tokenizer
+        self.max_length = tokenizer.model_max_length
+        self.device = device
+        self._cache: dict[str, torch.Tensor] = {}
+        self._warned = False
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[B, max_length] int64 on ``device``."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            full = self.tokenizer(list(missing), truncation=False).input_ids
+            too_long = [p for p, ids in zip(missing, full) if len(ids) > self.max_length]
+            if too_long and not self._warned:
+                log.warning("%d prompt(s) exceed %d tokens and are truncated, e.g. %r",
+                            len(too_long), self.max_length, too_long[0][:80])
+                self._warned = True
+            ids = self.tokenizer(list(missing), padding="max_length", max_length=self.max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            self._cache.update(zip(missing, ids))
+        return torch.stack([self._cache[p] for p in prompts])
+
+
+def guidance_context(
+    text_encoder: CLIPTextModel, prompt_ids: torch.Tensor, empty_ids: torch.Tensor,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """Encoder hidden states for one guided UNet call: [2B, L, d] = [uncond; cond], or [B, L, d]
+    without guidance. One encoder call covers the prompts and the empty prompt."""
+    if guidance_scale <= 1.0:
+        return text_encoder(prompt_ids, return_dict=False)[0]
+    hidden = text_encoder(torch.cat([empty_ids[None], prompt_ids]), return_dict=False)[0]
+    uncond, cond = hidden[:1], hidden[1:]
+    return torch.cat([uncond.expand_as(cond), cond])
+
+
+def interpolate_context(original: torch.Tensor, finetuned: torch.Tensor, alpha: float):
+    """a·E_ft + (1−a)·E_orig; exactly E_orig at a=0 and exactly E_ft at a=1 (torch.lerp)."""
+    return torch.lerp(original, finetuned, alpha)
+
+
+def guided_noise(
+    unet: UNet2DConditionModel, latents: torch.Tensor, timestep: torch.Tensor,
+    context: torch.Tensor, guidance_scale: float,
+) -> torch.Tensor:
+    """ε̂ = ε_u + w(ε_c − ε_u) from one UNet call on the doubled batch."""
+    if context.shape[0] == latents.shape[0]:
+        return unet(latents, timestep, encoder_hidden_states=context, return_dict=False)[0]
+    eps = unet(torch.cat([latents, latents]), timestep, encoder_hidden_states=context,
+               return_dict=False)[0]
+    eps_uncond, eps_cond = eps.chunk(2)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def _checkpointed_noise(unet, latents, timestep, context, guidance_scale):
+    # The reentrant form is much cheaper per call (no per-tensor Python hooks), but it only
+    # back-propagates when an input requires grad; a trained UNet with a frozen encoder has none.
+    reentrant = latents.requires_grad or context.requires_grad
+    return checkpoint(guided_noise, unet, latents, timestep, context, guidance_scale,
+                      use_reentrant=reentrant)
+
+
+def initial_noise(
+    seeds: Sequence[int], shape: tuple[int, int, int], device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """x_T: one CPU generator per sample, so a sample's noise depends on its seed alone."""
+    noise = torch.stack([
+        torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
+        for seed in seeds
+    ])
+    return noise.to(device)
+
+
+def denoise(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    latents: torch.Tensor,
+    early_context: torch.Tensor,
+    late_context: torch.Tensor,
+    switch_at: int,
+    truncation: Truncation | None,
+    guidance_scale: float,
+    eta: float = 0.0,
+    checkpointing: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Run the DDIM chain from x_T; returns x_0 latents (or x̂0 for ``stop_at_x0``).
+
+    Steps ``i < switch_at`` are conditioned on ``early_context``, the rest on ``late_context``.
+    With ``truncation=None`` nothing carries gradient. Otherwise steps before ``grad_from`` run
+    under no_grad and gradient flows into ``late_context`` (and a trained UNet) only through the
+    last steps. ``scheduler.timesteps`` must already be set to T steps.
+    """
+    grad_from = len(scheduler.timesteps) if truncation is None else truncation.grad_from
+    for i, t in enumerate(scheduler.timesteps):
+        context = early_context if i < switch_at else late_context
+        if i < grad_from:
+            with torch.no_grad():
+                eps = guided_noise(unet, latents, t, context, guidance_scale)
+                latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
+            continue
+        if checkpointing:
+            eps = _checkpointed_noise(unet, latents, t, context, guidance_scale)
+        else:
+            eps = guided_noise(unet, latents, t, context, guidance_scale)
+        step = scheduler.step(eps, t, latents, eta=eta, generator=generator)
+        if truncation.stop_at_x0:
+            return step.pred_original_sample
+        latents = step.prev_sample
+    return latents
+
+
+def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Latents → images, float NCHW in [0, 1] (differentiable; clamped like the reference)."""
+    images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    return (images * 0.5 + 0.5).clamp(0, 1)
+
+
+def latent_shape(vae: AutoencoderKL, unet: UNet2DConditionModel, resolution: int):
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (unet.config.in_channels, resolution // factor, resolution // factor)

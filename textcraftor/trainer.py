@@ -1,0 +1,428 @@
+"""One TextCraftor run: sample → reward → backward → step, with evaluation and checkpoints.
+
+Knows nothing of Ray or MLflow: progress goes to ``metrics.jsonl`` in the run folder and to a
+callback the caller passes in (the study plugs Ray Train and MLflow in there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from textcraftor.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from textcraftor.config import RunConfig
+from textcraftor.configio import to_dict
+from textcraftor.generation import sample_images
+from textcraftor.models import Pipeline, load_pipeline
+from textcraftor.objective import Objective, build_objective
+from textcraftor.prompts import PromptSampler, load_prompts, split_prompts
+from textcraftor.sampler import (
+    PromptTokenizer,
+    decode,
+    denoise,
+    draw_truncation,
+    guidance_context,
+    initial_noise,
+    latent_shape,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; the run stopped before the optimizer step."""
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    kind: str  # "step" | "eval" | "checkpoint" | "end"
+    step: int  # optimizer steps done
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    path: str | None = None  # checkpoint folder ("checkpoint", rank 0 only)
+
+
+TrainCallback = Callable[[TrainEvent], None]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, float]  # eval/<reward> means, eval/quality
+    images: torch.Tensor  # [P*S, 3, H, W] in [0,1], prompt-major (all seeds of prompt 0 first)
+    prompts: tuple[str, ...]  # the held-out prompts, P
+    seeds: tuple[int, ...]  # the evaluation seeds, S
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    if mixed_precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def make_unet_trainable(pipeline: Pipeline, mode: str, lora_rank: int) -> list[torch.nn.Parameter]:
+    """Unfreeze the UNet (``full``) or attach a peft LoRA to its attention (``lora``)."""
+    unet = pipeline.unet
+    if mode == "full":
+        unet.requires_grad_(True)
+    elif mode == "lora":
+        from peft import LoraConfig
+
+        unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def unet_weights(pipeline: Pipeline, mode: str) -> dict[str, dict[str, torch.Tensor]]:
+    if mode == "full":
+        return {"unet": pipeline.unet.state_dict()}
+    if mode == "lora":
+        from peft.utils import get_peft_model_state_dict
+
+        return {"unet_lora": get_peft_model_state_dict(pipeline.unet)}
+    return {}
+
+
+def load_unet_weights(pipeline: Pipeline, weights: Mapping[str, Mapping[str, torch.Tensor]]):
+    if "unet" in weights:
+        pipeline.unet.load_state_dict(weights["unet"])
+    if "unet_lora" in weights:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(pipeline.unet, weights["unet_lora"])
+
+
+def _noise_seeds(*key: object, count: int) -> list[int]:
+    base = random.Random(":".join(map(str, key))).getrandbits(62)
+    return [base + i for i in range(count)]
+
+
+def eval_noise_seed(seed: int, prompt: str) -> int:
+    """Noise seed of one evaluation image: depends on the seed and the prompt text only."""
+    return random.Random(f"eval:{seed}:{prompt}").getrandbits(62)
+
+
+class TextCraftor:
+    """Pipeline, objective, prompts and optimizer of one run; ``fit()`` trains it."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        callback: TrainCallback | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+        pipeline: Pipeline | None = None,
+        objective: Objective | None = None,
+        show_progress: bool = True,
+    ):
+        self.config = config
+        self.callback = callback
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.run_dir = Path(config.output_dir)
+        self.show_progress = show_progress and rank == 0
+        self.step = 0
+        self._last_checkpoint: Path | None = None
+        m, d = config.model, config.data
+        self.autocast = autocast_dtype(m.mixed_precision, self.device)
+        # Everything cheap and checkable first: a bad prompt file fails before models load.
+        self.split = split_prompts(load_prompts(d.prompts, column=d.column),
+                                   heldout_count=d.heldout_count, seed=config.train.seed)
+        self.prompt_sampler = PromptSampler(self.split.train, config.train.batch_size,
+                                            config.train.seed, rank, world_size)
+        self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision)).to(
+            self.device)
+        self.objective = (objective or build_objective(config.reward, m.source, m.cache_dir,
+                                                       self.device)).to(self.device)
+        self.tokens = PromptTokenizer(self.pipeline.tokenizer, self.device)
+        self.empty_ids = self.tokens([""])[0]
+        self.pipeline.scheduler.set_timesteps(config.sample.num_steps, device=self.device)
+        self.latent_shape = latent_shape(self.pipeline.vae, self.pipeline.unet,
+                                         config.sample.resolution)
+        self.optimizer, self.trainable = self._build_optimizer()
+        self.encoder = self._maybe_ddp(self.pipeline.text_encoder)
+        self.scaler = torch.amp.GradScaler(enabled=self.autocast is torch.float16)
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+        m, t = self.config.model, self.config.train
+        encoder = self.pipeline.text_encoder
+        encoder.requires_grad_(m.train_text_encoder)
+        groups = []
+        if m.train_text_encoder:
+            groups.append({"params": list(encoder.parameters()), "lr": t.lr})
+        if m.train_unet != "none":
+            groups.append({"params": make_unet_trainable(self.pipeline, m.train_unet, m.lora_rank),
+                           "lr": m.unet_lr})
+        params = [p for g in groups for p in g["params"]]
+        try:
+            optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        return optimizer, params
+
+    def _maybe_ddp(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized() \
+                and self.config.model.train_text_encoder:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    # --- one optimizer step ----------------------------------------------------------------
+
+    def forward_loss(self, prompts: Sequence[str], noise_seeds: Sequence[int], truncation):
+        """Sample from x_T with gradient through the last steps, decode, score.
+
+        Returns (loss, {reward: [B] scores}). Gradient reaches the trainable encoder's context
+        (and a trained UNet) only through the steps the truncation marks.
+        """
+        pipe, s = self.pipeline, self.config.sample
+        ids = self.tokens(prompts)
+        with self._autocast():
+            late = guidance_context(self.encoder, ids, self.empty_ids, s.guidance_scale)
+            if truncation.grad_from == 0:
+                early = late
+            elif s.no_grad_encoder == "original":
+                with torch.no_grad():
+                    early = guidance_context(pipe.original_text_encoder, ids, self.empty_ids,
+                                             s.guidance_scale)
+            else:
+                early = late.detach()
+            latents = initial_noise(noise_seeds, self.latent_shape, self.device)
+            x0 = denoise(pipe.unet, pipe.scheduler, latents, early, late, truncation.grad_from,
+                         truncation, s.guidance_scale, s.eta, s.checkpointing)
+            images = decode(pipe.vae, x0)
+            return self.objective(images, prompts)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Gradient accumulation over micro-batches, clipping, one AdamW step; returns metrics."""
+        t, s = self.config.train, self.config.sample
+        started = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        ks = []
+        for micro in range(t.grad_accum):
+            truncation = draw_truncation(s, random.Random(f"k:{t.seed}:{step}:{micro}"))
+            ks.append(truncation.grad_steps(s.num_steps))
+            prompts = [p.text for p in self.prompt_sampler.batch((step - 1) * t.grad_accum + micro)]
+            seeds = _noise_seeds(t.seed, step, micro, self.rank, count=len(prompts))
+            sync = micro == t.grad_accum - 1 or not hasattr(self.encoder, "no_sync")
+            with contextlib.nullcontext() if sync else self.encoder.no_sync():
+                loss, scores = self.forward_loss(prompts, seeds, truncation)
+                if step == t.inject_nan_at:
+                    loss = loss * float("nan")
+                self.scaler.scale(loss / t.grad_accum).backward()
+            for name, value in {"loss": loss, **scores}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float().mean() / t.grad_accum
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, t.max_grad_norm or float("inf"))
+        values = self._all_reduce_mean(torch.stack([*sums.values(), grad_norm.float()]))
+        metrics = dict(zip([*sums, "grad_norm"], values))
+        if not all(map(_finite, (metrics["loss"], metrics["grad_norm"]))):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"non-finite loss ({metrics['loss']}) or grad norm ({metrics['grad_norm']}) at "
+                f"step {step}; stopped before the update. Last good checkpoint: "
+                f"{self._last_checkpoint or 'none'}"
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        images = t.batch_size * t.grad_accum * self.world_size
+        metrics = {("train/" + k if k not in ("loss", "grad_norm") else k): v
+                   for k, v in metrics.items()}
+        return {**metrics, "k": sum(ks) / len(ks), "step_s": elapsed,
+                "images_per_s": images / elapsed}
+
+    def _all_reduce_mean(self, values: torch.Tensor) -> list[float]:
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values = values / self.world_size
+        return values.tolist()
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], noise_seeds: Sequence[int]) -> torch.Tensor:
+        """Images [B,3,H,W] in [0,1] from the current encoder (no gradient, full chain)."""
+        with self._autocast():
+            return sample_images(self.pipeline, self.pipeline.text_encoder, self.tokens, prompts,
+                                 noise_seeds, self.config.sample)
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult:
+        """Held-out prompts × evaluation seeds: mean of each reward and of the weighted quality."""
+        prompts = tuple(p.text for p in self.split.heldout)
+        seeds = self.config.data.eval_seeds
+        pairs = [(p, s) for p in prompts for s in seeds]
+        batch = self.config.train.eval_batch_size
+        images, scores = [], []
+        was_training = self.pipeline.text_encoder.training
+        self.pipeline.text_encoder.eval()
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start:start + batch]
+            chunk_prompts = [p for p, _ in chunk]
+            x = self.generate(chunk_prompts, [eval_noise_seed(s, p) for p, s in chunk])
+            with self._autocast():
+                _, per_reward = self.objective(x, chunk_prompts)
+            images.append(x.cpu())
+            scores.append({k: v.float().cpu() for k, v in per_reward.items()})
+        self.pipeline.text_encoder.train(was_training)
+        per_reward = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
+        metrics = {f"eval/{k}": v.mean().item() for k, v in per_reward.items()}
+        metrics["eval/quality"] = self.objective.quality(per_reward).mean().item()
+        return EvalResult(metrics, torch.cat(images), prompts, tuple(seeds))
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        m, t = self.config.model, self.config.train
+        weights = unet_weights(self.pipeline, m.train_unet)
+        if m.train_text_encoder:
+            weights["text_encoder"] = self.pipeline.text_encoder.state_dict()
+        path = save_checkpoint(self.run_dir, self.step, weights, self.optimizer,
+                               extra={"source": m.source}, keep=t.keep_checkpoints)
+        self._last_checkpoint = path
+        return path
+
+    def restore(self, path: str | Path) -> None:
+        """Continue from a checkpoint: weights, optimizer, RNG and the step count."""
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        if "text_encoder" in checkpoint.weights:
+            self.pipeline.text_encoder.load_state_dict(checkpoint.weights["text_encoder"])
+        load_unet_weights(self.pipeline, checkpoint.weights)
+        if checkpoint.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+        if checkpoint.rng is not None:
+            restore_rng(checkpoint.rng)
+        self.step = checkpoint.step
+        self._last_checkpoint = Path(path)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``train.steps``; returns the final metrics (last step + last evaluation)."""
+        t = self.config.train
+        self._prepare_run_dir()
+        last: dict[str, float] = {}
+        if self.step == 0 and t.eval_at_start:
+            last.update(self._evaluate_and_report(baseline=True))
+        progress = tqdm(total=t.steps, initial=self.step, disable=not self.show_progress,
+                        desc="textcraftor", dynamic_ncols=True)
+        while self.step < t.steps:
+            metrics = self.train_step(self.step + 1)
+            self.step += 1
+            last.update(metrics)
+            self._write_metrics("step", metrics)
+            self._emit(TrainEvent("step", self.step, metrics))
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4g}", k=metrics["k"])
+            done = self.step == t.steps
+            if done or (t.eval_every and self.step % t.eval_every == 0):
+                last.update(self._evaluate_and_report())
+            if done or self.step % t.save_every == 0:
+                path = self.save()
+                self._emit(TrainEvent("checkpoint", self.step, last, str(path) if path else None))
+        progress.close()
+        self._emit(TrainEvent("end", self.step, last))
+        return last
+
+    def _evaluate_and_report(self, baseline: bool = False) -> dict[str, float]:
+        result = self.evaluate() if self.rank == 0 else None
+        metrics = self._broadcast(result.metrics if result else None)
+        if result is not None:
+            self.last_eval = result
+            if self.config.train.sample_grid:
+                save_grid(result, self.run_dir / "samples" / f"step_{self.step:07d}.png")
+            self._write_metrics("eval", metrics)
+        if baseline:
+            metrics = {**metrics, **{k.replace("eval/", "baseline/"): v
+                                     for k, v in metrics.items()}}
+        self._emit(TrainEvent("eval", self.step, metrics))
+        return metrics
+
+    def _broadcast(self, metrics: dict[str, float] | None) -> dict[str, float]:
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+        return metrics or {}
+
+    def _emit(self, event: TrainEvent) -> None:
+        if self.callback is not None:
+            self.callback(event)
+
+    def _prepare_run_dir(self) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "config.json", to_dict(self.config))
+        # a fresh run starts a new log; a resumed one drops the steps it will redo
+        trim_metrics(self.run_dir / "metrics.jsonl", self.step if self._last_checkpoint else -1)
+        log.info("run %s: %d prompts train / %d held-out, batch %d × accum %d × world %d, "
+                 "%d steps, device %s", self.run_dir, len(self.split.train),
+                 len(self.split.heldout), self.config.train.batch_size,
+                 self.config.train.grad_accum, self.world_size, self.config.train.steps,
+                 self.device)
+
+    def _write_metrics(self, kind: str, metrics: Mapping[str, float]) -> None:
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"kind": kind, "step": self.step, **metrics}) + "\n")
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop lines after ``last_step`` (steps a resumed run will redo), atomically."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def save_grid(result: EvalResult, path: Path) -> Path:
+    """PNG grid: one row per prompt, one column per seed."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    save_image(result.images, tmp, nrow=len(result.seeds), padding=2)
+    os.replace(tmp, path)
+    return path
