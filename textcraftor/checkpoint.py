@@ -55,8 +55,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
     keep: int | None = None,
+    files: dict[str, Path] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``step`` atomically; keep the newest ``keep`` checkpoints."""
+    """Write the checkpoint of ``step`` atomically; keep the newest ``keep`` checkpoints.
+    ``files`` are copied in under the given names (e.g. the latest sample grid)."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
@@ -67,6 +69,8 @@ def save_checkpoint(
         if optimizer is not None:
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(capture_rng(), staging / "rng.pt")
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, staging / name)
         state = {"step": step, "weights": sorted(weights), **(extra or {})}
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole

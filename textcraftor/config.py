@@ -140,6 +140,19 @@ class DataConfig:
         require(len(self.eval_seeds) >= 1, "data.eval_seeds", "needs at least one seed")
 
 
+LPIPS_TRUNKS = ("auto", "pretrained", "random")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    diversity: bool = True  # intra-prompt LPIPS over the evaluation seeds (needs >= 2 seeds)
+    lpips_trunk: str = "auto"  # pretrained (downloads AlexNet) | random (offline) | auto: random
+    #                            for the tiny preset, pretrained otherwise
+
+    def __post_init__(self) -> None:
+        require_choice(self.lpips_trunk, "eval.lpips_trunk", LPIPS_TRUNKS)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 50  # optimizer steps
@@ -175,7 +188,12 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)  # objective
     data: DataConfig = field(default_factory=DataConfig)  # prompts
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation metrics
     output_dir: str = "runs/textcraftor"  # run folder: config.json, metrics.jsonl, checkpoints
+
+    def __post_init__(self) -> None:
+        require(not self.eval.diversity or len(self.data.eval_seeds) >= 2, "data.eval_seeds",
+                "eval.diversity needs at least 2 evaluation seeds per prompt")
 
     def with_output_dir(self, output_dir: str | Path) -> RunConfig:
         return replace(self, output_dir=str(output_dir))
@@ -195,6 +213,7 @@ def load_run_config(
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "EvalConfig",
     "ModelConfig",
     "RewardConfig",
     "RewardSourceConfig",

@@ -6,7 +6,7 @@ code (``REWARD_SCALES``) that put the rewards on comparable magnitudes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -44,10 +44,11 @@ class Objective(nn.Module):
         return sum(c * scores[name] for name, c in self.coefficients.items())
 
 
-def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Path | None
-                   ) -> dict[str, RewardSource | None]:
-    """Where each active reward's weights come from: tiny models for the tiny preset, the real
-    checkpoints otherwise (``None`` = the reward's real default), user overrides first."""
+def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
+                   names: Iterable[str] | None = None) -> dict[str, RewardSource | None]:
+    """Where each reward's weights come from (``names``, default: the active ones): tiny models
+    for the tiny preset, the real checkpoints otherwise (``None`` = the reward's real default),
+    user overrides first."""
     tiny = None
     if model_source == "tiny":
         from textcraftor.models import PRESET_VERSION, default_cache_dir
@@ -55,7 +56,7 @@ def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Pat
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         tiny = build_tiny_rewards(cache / f"tiny-rewards-{PRESET_VERSION}-0")
     sources: dict[str, RewardSource | None] = {}
-    for name in config.active():
+    for name in config.active() if names is None else names:
         override = config.sources.get(name)
         if override is not None:
             sources[name] = RewardSource(override.source, override.backbone)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from textcraftor.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from textcraftor.config import RunConfig
 from textcraftor.configio import to_dict
+from textcraftor.diversity import LPIPSDistance, intra_prompt_diversity
 from textcraftor.generation import sample_images
 from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.objective import Objective, build_objective
@@ -134,6 +135,7 @@ class TextCraftor:
         self.show_progress = show_progress and rank == 0
         self.step = 0
         self._last_checkpoint: Path | None = None
+        self._lpips_distance: LPIPSDistance | None = None
         m, d = config.model, config.data
         self.autocast = autocast_dtype(m.mixed_precision, self.device)
         # Everything cheap and checkable first: a bad prompt file fails before models load.
@@ -283,13 +285,25 @@ class TextCraftor:
             x = self.generate(chunk_prompts, [eval_noise_seed(s, p) for p, s in chunk])
             with self._autocast():
                 _, per_reward = self.objective(x, chunk_prompts)
-            images.append(x.cpu())
+            images.append(x)
             scores.append({k: v.float().cpu() for k, v in per_reward.items()})
         self.pipeline.text_encoder.train(was_training)
         per_reward = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
         metrics = {f"eval/{k}": v.mean().item() for k, v in per_reward.items()}
         metrics["eval/quality"] = self.objective.quality(per_reward).mean().item()
-        return EvalResult(metrics, torch.cat(images), prompts, tuple(seeds))
+        images = torch.cat(images)
+        if self.config.eval.diversity:
+            diversity = intra_prompt_diversity(images, len(seeds), self._lpips())
+            metrics["eval/diversity_lpips"] = diversity.mean().item()
+        return EvalResult(metrics, images.cpu(), prompts, tuple(seeds))
+
+    def _lpips(self) -> LPIPSDistance:
+        if self._lpips_distance is None:
+            trunk = self.config.eval.lpips_trunk
+            if trunk == "auto":
+                trunk = "random" if self.config.model.source == "tiny" else "pretrained"
+            self._lpips_distance = LPIPSDistance(trunk == "pretrained").to(self.device)
+        return self._lpips_distance
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -300,8 +314,10 @@ class TextCraftor:
         weights = unet_weights(self.pipeline, m.train_unet)
         if m.train_text_encoder:
             weights["text_encoder"] = self.pipeline.text_encoder.state_dict()
+        grid = self.run_dir / "samples" / f"step_{self.step:07d}.png"
         path = save_checkpoint(self.run_dir, self.step, weights, self.optimizer,
-                               extra={"source": m.source}, keep=t.keep_checkpoints)
+                               extra={"source": m.source}, keep=t.keep_checkpoints,
+                               files={"samples.png": grid} if grid.is_file() else None)
         self._last_checkpoint = path
         return path
 

@@ -1,0 +1,72 @@
+"""The sweep's results: every trial with params, objectives, status and Pareto flag."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def pareto_flags(points: Sequence[Sequence[float] | None]) -> list[bool]:
+    """Non-dominated points (all objectives maximised); ``None`` (no result) is never Pareto."""
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    valid = [p if p is not None and all(math.isfinite(v) for v in p) else None for p in points]
+    return [p is not None and not any(q is not None and dominates(q, p) for q in valid)
+            for p in valid]
+
+
+def summarize(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> dict[str, Any]:
+    """``trials``: dicts with trial_id, status, params, metrics (final), error, mlflow_run_id."""
+    points = [[t["objectives"][o] for o in objectives] if t["status"] == "TERMINATED"
+              and all(t["objectives"].get(o) is not None for o in objectives) else None
+              for t in trials]
+    for trial, pareto in zip(trials, pareto_flags(points)):
+        trial["pareto"] = pareto
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    return {"objectives": list(objectives), "num_trials": len(trials), "status_counts": counts,
+            "trials": list(trials)}
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(summary, f, indent=2, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def pareto_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of the trials, Pareto ones marked with *."""
+    objectives = summary["objectives"]
+    trials = summary["trials"]
+    params = sorted({k for t in trials for k in t["params"]})
+    header = ["", "trial", "status", *objectives, *params]
+    rows = [header]
+    for t in sorted(trials, key=lambda t: (not t["pareto"], t["trial_id"])):
+        rows.append(["*" if t["pareto"] else "", t["trial_id"], t["status"],
+                     *[_fmt(t["objectives"].get(o)) for o in objectives],
+                     *[_fmt(t["params"].get(p)) for p in params]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,185 @@
+"""MLflow tracking of a sweep: one parent run, one child run per trial, all written from the
+driver (a single writer, so a SQLite store never locks). Children are found again by tag on
+resume, so nothing is duplicated; runs an interrupted driver left RUNNING are closed."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from study.config import DEFAULT_TRACKING_URI
+
+log = logging.getLogger(__name__)
+SWEEP_TAG, TRIAL_TAG, KIND_TAG = "textcraftor.sweep", "textcraftor.trial_id", "textcraftor.kind"
+# Tune's own bookkeeping in every result: not worth a metric in MLflow
+_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
+              "time_since_restore", "iterations_since_restore", "done", "step", "config"}
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used."""
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (before any trial) when an HTTP tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+                pass
+        except (urllib.error.URLError, OSError) as error:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {error}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items()
+            if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)}
+
+
+class SweepTracker:
+    """The parent run of one sweep and its children, through ``MlflowClient``."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str):
+        self.client = MlflowClient(tracking_uri)
+        self.sweep_name = sweep_name
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (found.experiment_id if found
+                              else self.client.create_experiment(experiment))
+        self.parent_id = self._find_or_create_parent()
+        self._children: dict[str, str] = {}
+        for run in self._search(f"tags.`{KIND_TAG}` = 'trial'"):
+            self._children[run.data.tags[TRIAL_TAG]] = run.info.run_id
+
+    def _search(self, condition: str):
+        query = f"tags.`{SWEEP_TAG}` = '{self.sweep_name}' and {condition}"
+        return self.client.search_runs([self.experiment_id], query, max_results=10000)
+
+    def _find_or_create_parent(self) -> str:
+        found = self._search(f"tags.`{KIND_TAG}` = 'sweep'")
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep_name,
+                                     tags={SWEEP_TAG: self.sweep_name, KIND_TAG: "sweep"})
+        return run.info.run_id
+
+    def child(self, trial_id: str, params: Mapping[str, Any] | None = None) -> str:
+        """The child run of a trial, created once (with its params) and reused on resume."""
+        if trial_id not in self._children:
+            run = self.client.create_run(
+                self.experiment_id, run_name=trial_id,
+                tags={SWEEP_TAG: self.sweep_name, TRIAL_TAG: trial_id, KIND_TAG: "trial",
+                      "mlflow.parentRunId": self.parent_id})
+            self._children[trial_id] = run.info.run_id
+            if params:
+                self.log_params(run.info.run_id, flatten(params))
+        else:
+            self.client.update_run(self._children[trial_id], status="RUNNING")
+        return self._children[trial_id]
+
+    def run_id(self, trial_id: str) -> str | None:
+        return self._children.get(trial_id)
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+
+    def finish(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def close_orphans(self, status: str = "KILLED") -> list[str]:
+        """Terminate child runs still RUNNING (their driver is gone); returns their ids."""
+        orphans = [r.info.run_id for r in self._search(f"tags.`{KIND_TAG}` = 'trial'")
+                   if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
+        for run_id in orphans:
+            self.client.set_terminated(run_id, status)
+        return orphans
+
+
+class MlflowTrialCallback(Callback):
+    """Tune callback on the driver: params, per-step metrics, sample grids, final status."""
+
+    def __init__(self, tracker: SweepTracker, params_of):
+        self.tracker = tracker
+        self.params_of = params_of  # trial config → params to log (flat-able mapping)
+        self._logged_grids: set[str] = set()
+
+    def _run(self, trial) -> str:
+        return self.tracker.child(trial.trial_id, self.params_of(trial.config))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run(trial)
+        step = int(result.get("step", result.get("training_iteration", 0)))
+        metrics = numeric_metrics(result)
+        metrics.pop("rank", None)
+        self.tracker.log_metrics(run_id, metrics, step)
+        checkpoint = result.get("checkpoint_path")
+        if checkpoint and checkpoint not in self._logged_grids:
+            self._logged_grids.add(checkpoint)
+            grid = Path(checkpoint) / "samples.png"
+            if grid.is_file():
+                with tempfile.TemporaryDirectory() as folder:  # one artifact per step
+                    named = Path(folder) / f"step_{step:07d}.png"
+                    shutil.copyfile(grid, named)
+                    self.tracker.client.log_artifact(run_id, str(named), artifact_path="samples")
+            self.tracker.client.set_tag(run_id, "checkpoint", checkpoint)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.finish(self._run(trial), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        error = getattr(trial, "error_file", None)
+        self.tracker.client.set_tag(run_id, "error", _error_text(trial)[:4000] or str(error))
+        self.tracker.finish(run_id, "FAILED")
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        return Path(path).read_text() if path else ""
+    except OSError:
+        return ""

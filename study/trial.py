@@ -1,0 +1,120 @@
+"""One trial: a Tune function that runs a Ray Train ``TorchTrainer`` (DDP over the text encoder).
+
+Inside the Tune function we use ``ray.tune``; inside the Train workers ``ray.train``. Rank-0
+metrics reach Tune through ``TuneReportCallback``; checkpoints go through Ray Train, so a failed
+worker group restarts from the last one (``FailureConfig``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+
+from study.config import StudyConfig
+from study.space import trial_run_config
+from textcraftor.config import RunConfig
+from textcraftor.configio import from_dict, to_dict
+from textcraftor.objective import Objective, reward_sources
+from textcraftor.rewards import REWARD_SCALES, load_reward
+from textcraftor.trainer import TextCraftor, TrainEvent
+
+log = logging.getLogger(__name__)
+
+
+def quality_score(eval_metrics: Mapping[str, float], weights: Mapping[str, float],
+                  scales: Mapping[str, float]) -> float:
+    """The study's quality objective: Σ qᵢ·sᵢ·Rᵢ over held-out images with weights qᵢ fixed for
+    the whole study (so trials with different training weights stay comparable)."""
+    return sum(w * scales[n] * eval_metrics[f"eval/{n}"] for n, w in weights.items())
+
+
+class RayTrainReporter:
+    """TrainEvent → ``ray.train.report`` on every rank (it is a barrier); the checkpoint from
+    rank 0. Every report carries the latest objectives, as Tune's metric checks require."""
+
+    def __init__(self, rank: int, quality_weights: Mapping[str, float],
+                 scales: Mapping[str, float]):
+        self.rank = rank
+        self.quality_weights = dict(quality_weights)
+        self.scales = dict(scales)
+        self.objectives = {"quality": math.nan, "diversity": math.nan}
+
+    def __call__(self, event: TrainEvent) -> None:
+        if event.kind == "eval":
+            self.objectives["quality"] = quality_score(event.metrics, self.quality_weights,
+                                                       self.scales)
+            self.objectives["diversity"] = event.metrics.get("eval/diversity_lpips", math.nan)
+        metrics = {**event.metrics, **self.objectives, "step": event.step, "event": event.kind}
+        checkpoint = None
+        if event.kind == "checkpoint" and event.path and self.rank == 0:
+            checkpoint = ray.train.Checkpoint.from_directory(event.path)
+        name = f"step_{event.step:07d}" if event.kind == "checkpoint" else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device) -> Objective:
+    """The training objective, plus zero-weight rewards the quality score needs at evaluation."""
+    weights = dict(run.reward.active())
+    for name in quality_weights:
+        weights.setdefault(name, 0.0)
+    sources = reward_sources(run.reward, run.model.source, run.model.cache_dir, names=weights)
+    rewards = {n: load_reward(n, sources[n], device=device) for n in weights}
+    return Objective(rewards, weights, run.reward.scales)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
+    run = from_dict(RunConfig, loop_config["run"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(loop_config["torch_threads"])
+    device = ray.train.torch.get_device()
+    quality_weights = loop_config["quality_weights"]
+    scales = {**REWARD_SCALES, **run.reward.scales}
+    trainer = TextCraftor(run, callback=RayTrainReporter(rank, quality_weights, scales),
+                          rank=rank, world_size=world, device=device, show_progress=False,
+                          objective=build_objective(run, quality_weights, device))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.restore(folder)
+    trainer.fit()
+
+
+def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
+    """The Tune function trial: builds and runs the trial's TorchTrainer."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    config = from_dict(StudyConfig, study)
+    trial_id = ray.tune.get_context().get_trial_id()
+    run = trial_run_config(config, params, config.sweep_dir / "trials" / trial_id)
+    r = config.resources
+    worker_resources = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        worker_resources["GPU"] = r.gpus_per_worker
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "run": to_dict(run),
+            "quality_weights": dict(config.objectives.quality_weights),
+            "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker=worker_resources),
+        run_config=ray.train.RunConfig(
+            name=f"{config.name}-{trial_id}",
+            storage_path=str(config.sweep_dir / "train"),
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
