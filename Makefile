@@ -17,10 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job. Until the study lands: a short TextCraftor run on the offline tiny preset.
+# The main job: the embedded default study (continued with --resume if it already exists).
 sweep: install
-	$(PY) -m textcraftor.train --output-dir runs/quickstart --resume \
-		--set train.steps=20 --set train.lr=1e-3 --set train.eval_every=10
+	$(PY) -m study.sweep $$(test -d sweeps/default/tune && echo --resume) $(SWEEP_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

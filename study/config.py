@@ -144,6 +144,15 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class FaultInjection:
+    """Testing aid: trials whose hyperparameter ``param`` equals ``value`` get a NaN loss."""
+
+    param: str  # flat hyperparameter name, e.g. k or w_aesthetic
+    value: float  # the value that marks a trial to fail
+    nan_at_step: int = 1  # the step whose loss becomes NaN
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "default"  # sweep name: folder, MLflow parent run, Optuna study
     base: RunConfig = field(default_factory=RunConfig)  # what every trial shares
@@ -154,6 +163,7 @@ class StudyConfig:
     results_dir: str = "sweeps"  # <results_dir>/<name>/ holds summary.json, Ray and Optuna state
     tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     experiment: str = "textcraftor-study"  # MLflow experiment
+    fault_injection: FaultInjection | None = None  # testing: make chosen trials fail
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
@@ -166,6 +176,9 @@ class StudyConfig:
         require(k_high <= t, "search.k", f"K up to {k_high} exceeds sample.num_steps={t}")
         require("diversity" not in self.objectives.names or self.base.eval.diversity,
                 "objectives.names", "diversity needs base.eval.diversity=true")
+        if self.fault_injection is not None:
+            require_choice(self.fault_injection.param, "fault_injection.param",
+                           tuple(self.search.params()))
 
     @property
     def sweep_dir(self) -> Path:

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +80,26 @@ def check_sweep_dir(study: StudyConfig, resume: bool) -> Path:
     return sweep_dir
 
 
+# Settings the driver's environment carries to every trial and worker process, wherever it runs.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TEXTCRAFTOR_CACHE", "MLFLOW_DISABLE_TELEMETRY",
+                 "OMP_NUM_THREADS", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+
+
 def start_ray(address: str | None) -> None:
+    """Connect to the cluster at ``address``, or start a fresh local one (never a stray local
+    cluster someone else started)."""
     import ray
 
+    runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     if address:
         try:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise SweepError(f"no Ray cluster at {address!r}: {error}") from None
     else:
-        ray.init(object_store_memory=int(os.environ.get("TEXTCRAFTOR_OBJECT_STORE_BYTES",
-                                                        256 * 2**20)),
-                 include_dashboard=False, logging_level=logging.WARNING)
+        store = int(os.environ.get("TEXTCRAFTOR_OBJECT_STORE_BYTES", 256 * 2**20))
+        ray.init(address="local", object_store_memory=store, include_dashboard=False,
+                 runtime_env=runtime_env, logging_level=logging.WARNING)
 
 
 def check_resources(study: StudyConfig) -> None:
@@ -177,11 +186,31 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker) -> list[di
             "params": trial_params(trial.config, study),
             "objectives": {o: _finite_or_none(last.get(o)) for o in study.objectives.names},
             "steps": last.get("step"),
+            "train_time_s": last.get("train_time_s"),
+            "startup_s": last.get("startup_s"),
+            "trial_wall_s": last.get("time_total_s"),
             "error": _error(trial),
             "mlflow_run_id": tracker.run_id(trial.trial_id),
             "run_dir": str(study.sweep_dir / "trials" / trial.trial_id),
         })
     return sorted(records, key=lambda r: r["trial_id"])
+
+
+def overhead(trials: list[dict[str, Any]], sweep_wall_s: float) -> dict[str, float | None]:
+    """Where this run of the sweep spent its time: training steps against everything else."""
+    def total(key):
+        values = [t[key] for t in trials if isinstance(t.get(key), (int, float))]
+        return sum(values) if values else None
+
+    train, startup = total("train_time_s"), total("startup_s")
+    counted = [t for t in trials if isinstance(t.get("startup_s"), (int, float))]
+    return {
+        "sweep_wall_s": sweep_wall_s,
+        "train_time_s": train,
+        "trial_wall_s": total("trial_wall_s"),
+        "train_fraction_of_sweep": train / sweep_wall_s if train and sweep_wall_s else None,
+        "startup_s_per_trial": startup / len(counted) if counted else None,
+    }
 
 
 def _finite_or_none(value):
@@ -212,10 +241,12 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     callback = MlflowTrialCallback(tracker, lambda config: {
         **trial_params(config, study), "base": to_dict(study.base)})
     tuner = make_tuner(study, [callback], resume)
+    started = time.perf_counter()
     results = tuner.fit()
     summary = summarize(trial_records(results, study, tracker), study.objectives.names)
     summary.update({"name": study.name, "mlflow_parent_run_id": tracker.parent_id,
-                    "tracking_uri": uri, "experiment": study.experiment})
+                    "tracking_uri": uri, "experiment": study.experiment,
+                    "overhead": overhead(summary["trials"], time.perf_counter() - started)})
     write_summary(sweep_dir / "summary.json", summary)
     tracker.client.log_artifact(tracker.parent_id, str(sweep_dir / "summary.json"))
     table = pareto_table(summary)
@@ -233,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Ray Train gives a worker group 60 s to start; on a busy small machine importing torch in
+    # each worker can take longer (the resources themselves are checked before the sweep).
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     args = parse_args(argv)
     try:
         study = load_study(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,18 +41,27 @@ class RayTrainReporter:
     rank 0. Every report carries the latest objectives, as Tune's metric checks require."""
 
     def __init__(self, rank: int, quality_weights: Mapping[str, float],
-                 scales: Mapping[str, float]):
+                 scales: Mapping[str, float], trial_started_at: float):
         self.rank = rank
         self.quality_weights = dict(quality_weights)
         self.scales = dict(scales)
         self.objectives = {"quality": math.nan, "diversity": math.nan}
+        self.trial_started_at = trial_started_at
+        # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins
+        self.timing = {"train_time_s": 0.0}
 
     def __call__(self, event: TrainEvent) -> None:
+        if event.kind == "step":
+            self.timing["train_time_s"] += event.metrics["step_s"]
+            if "startup_s" not in self.timing:
+                self.timing["startup_s"] = (time.time() - self.trial_started_at
+                                            - event.metrics["step_s"])
         if event.kind == "eval":
             self.objectives["quality"] = quality_score(event.metrics, self.quality_weights,
                                                        self.scales)
             self.objectives["diversity"] = event.metrics.get("eval/diversity_lpips", math.nan)
-        metrics = {**event.metrics, **self.objectives, "step": event.step, "event": event.kind}
+        metrics = {**event.metrics, **self.objectives, **self.timing, "step": event.step,
+                   "event": event.kind}
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
@@ -78,7 +88,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     quality_weights = loop_config["quality_weights"]
     scales = {**REWARD_SCALES, **run.reward.scales}
-    trainer = TextCraftor(run, callback=RayTrainReporter(rank, quality_weights, scales),
+    reporter = RayTrainReporter(rank, quality_weights, scales, loop_config["trial_started_at"])
+    trainer = TextCraftor(run, callback=reporter,
                           rank=rank, world_size=world, device=device, show_progress=False,
                           objective=build_objective(run, quality_weights, device))
     checkpoint = ray.train.get_checkpoint()
@@ -105,6 +116,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
             "run": to_dict(run),
             "quality_weights": dict(config.objectives.quality_weights),
             "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
+            "trial_started_at": time.time(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0,

@@ -1,8 +1,8 @@
 """The one place that loads Stable Diffusion weights: presets, hub ids and local folders.
 
 Every source ends up in the same ``from_pretrained`` calls: the ``tiny`` preset is built from
-configs with the real classes, written with ``save_pretrained`` and loaded back from disk; only
-``sd15-random`` (multi-GB) is built in memory.
+configs with the real classes, written in the ``save_pretrained`` layout and loaded back from
+disk; only ``sd15-random`` (multi-GB) is built in memory.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
 from textcraftor.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
@@ -122,6 +123,18 @@ def tiny_vae_config() -> dict:
 # --- presets -------------------------------------------------------------------------------
 
 
+def save_transformers_model(model: PreTrainedModel, folder: str | Path) -> Path:
+    """Write what ``save_pretrained`` writes (``config.json`` + ``model.safetensors``) from any
+    process. transformers 5 skips the weights on every rank but 0 once torch.distributed is
+    initialised — a preset built inside a DDP worker of rank > 0 would lack them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
 def build_tiny_preset(folder: str | Path | None = None, seed: int = 0) -> Path:
     """Write the ``tiny`` pipeline (random weights, real classes) as a diffusers folder.
 
@@ -135,7 +148,7 @@ def build_tiny_preset(folder: str | Path | None = None, seed: int = 0) -> Path:
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         torch.manual_seed(seed)
-        CLIPTextModel(tiny_text_encoder_config()).save_pretrained(staging / "text_encoder")
+        save_transformers_model(CLIPTextModel(tiny_text_encoder_config()), staging / "text_encoder")
         UNet2DConditionModel(**tiny_unet_config()).save_pretrained(staging / "unet")
         AutoencoderKL(**tiny_vae_config()).save_pretrained(staging / "vae")
         sd15_scheduler().save_pretrained(staging / "scheduler")

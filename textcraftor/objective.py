@@ -14,6 +14,7 @@ from torch import nn
 
 from textcraftor.config import RewardConfig
 from textcraftor.rewards import REWARD_SCALES, Reward, RewardSource, load_reward
+from textcraftor.rewards.sources import check_local_paths
 from textcraftor.rewards.tiny import build_tiny_rewards
 
 
@@ -63,6 +64,15 @@ def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Pat
         else:
             sources[name] = tiny[name] if tiny is not None else None
     return sources
+
+
+def check_reward_sources(config: RewardConfig) -> None:
+    """Fail fast on a configured local reward path that does not exist (before any model loads:
+    loading the pipeline first would make a typo cost minutes)."""
+    active = config.active()
+    for name, override in config.sources.items():
+        if name in active:
+            check_local_paths(RewardSource(override.source, override.backbone))
 
 
 def build_objective(config: RewardConfig, model_source: str, cache_dir: str | Path | None,

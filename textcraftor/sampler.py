@@ -56,7 +56,8 @@ class PromptTokenizer:
         """[B, max_length] int64 on ``device``."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
-            full = self.tokenizer(list(missing), truncation=False).input_ids
+            # verbose=False: transformers would add its own "indexing errors" warning here
+            full = self.tokenizer(list(missing), truncation=False, verbose=False).input_ids
             too_long = [p for p, ids in zip(missing, full) if len(ids) > self.max_length]
             if too_long and not self._warned:
                 log.warning("%d prompt(s) exceed %d tokens and are truncated, e.g. %r",

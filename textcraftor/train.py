@@ -9,7 +9,6 @@ import sys
 
 from textcraftor.checkpoint import latest_checkpoint
 from textcraftor.config import ConfigError, RunConfig, load_run_config
-from textcraftor.trainer import NonFiniteLossError, TextCraftor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {config.output_dir} already holds checkpoints (latest {checkpoint.name}); "
               "pass --resume to continue it or choose another --output-dir", file=sys.stderr)
         return 2
+    # Imported only now: torch/diffusers/transformers take ~10 s to import on a small CPU, and a
+    # config mistake or a refused overwrite should be reported without that wait.
+    from textcraftor.trainer import NonFiniteLossError, TextCraftor
+
     try:
         trainer = TextCraftor(config)
     except (ConfigError, FileNotFoundError, ValueError) as error:

@@ -27,7 +27,7 @@ from textcraftor.configio import to_dict
 from textcraftor.diversity import LPIPSDistance, intra_prompt_diversity
 from textcraftor.generation import sample_images
 from textcraftor.models import Pipeline, load_pipeline
-from textcraftor.objective import Objective, build_objective
+from textcraftor.objective import Objective, build_objective, check_reward_sources
 from textcraftor.prompts import PromptSampler, load_prompts, split_prompts
 from textcraftor.sampler import (
     PromptTokenizer,
@@ -143,6 +143,8 @@ class TextCraftor:
                                    heldout_count=d.heldout_count, seed=config.train.seed)
         self.prompt_sampler = PromptSampler(self.split.train, config.train.batch_size,
                                             config.train.seed, rank, world_size)
+        if objective is None:
+            check_reward_sources(config.reward)
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision)).to(
             self.device)
         self.objective = (objective or build_objective(config.reward, m.source, m.cache_dir,

@@ -27,6 +27,7 @@ import open_clip
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from ..models import save_transformers_model
 from ..tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 from .aesthetic import AESTHETIC_EMBED_DIM, AestheticHead
 from .sources import RewardSource
@@ -90,12 +91,12 @@ def _build_aesthetic(out: Path) -> None:
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, image_size=_TINY_IMAGE_SIZE,
                               patch_size=_TINY_PATCH, projection_dim=AESTHETIC_EMBED_DIM)
-    CLIPVisionModelWithProjection(config).save_pretrained(out / "clip-vision")
+    save_transformers_model(CLIPVisionModelWithProjection(config), out / "clip-vision")
     torch.save(AestheticHead(AESTHETIC_EMBED_DIM).state_dict(), out / AESTHETIC_HEAD_FILE)
 
 
 def _build_pickscore(out: Path) -> None:
-    CLIPModel(CLIPConfig(**copy.deepcopy(TINY_PICKSCORE_CONFIG))).save_pretrained(out)
+    save_transformers_model(CLIPModel(CLIPConfig(**copy.deepcopy(TINY_PICKSCORE_CONFIG))), out)
     build_clip_tokenizer(out)
 
 
