@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ def load_study(args: argparse.Namespace) -> StudyConfig:
     overrides = list(args.overrides)
     if args.num_samples is not None:
         overrides.append(f"tuner.num_samples={args.num_samples}")
-    return load_study_config(args.config, overrides, results_dir=args.results_dir,
-                             tracking_uri=args.tracking_uri)
+    study = load_study_config(args.config, overrides, results_dir=args.results_dir,
+                              tracking_uri=args.tracking_uri)
+    # Absolute, here: trials run with Tune's per-trial working directory as their cwd.
+    return replace(study, results_dir=str(Path(study.results_dir).expanduser().resolve()))
 
 
 def check_sweep_dir(study: StudyConfig, resume: bool) -> Path:
@@ -98,8 +101,9 @@ def start_ray(address: str | None) -> None:
             raise SweepError(f"no Ray cluster at {address!r}: {error}") from None
     else:
         store = int(os.environ.get("TEXTCRAFTOR_OBJECT_STORE_BYTES", 256 * 2**20))
-        ray.init(address="local", object_store_memory=store, include_dashboard=False,
-                 runtime_env=runtime_env, logging_level=logging.WARNING)
+        # the dashboard (on 127.0.0.1) serves the State API that Ray Train's clean-up polls
+        ray.init(address="local", object_store_memory=store, runtime_env=runtime_env,
+                 logging_level=logging.WARNING)
 
 
 def check_resources(study: StudyConfig) -> None:
@@ -275,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\nsummary: {study.sweep_dir / 'summary.json'}")
-    return 0 if summary["num_trials"] else 1
+    if summary["num_trials"] and not summary["status_counts"].get("TERMINATED"):
+        print("error: no trial completed; see the errors in summary.json", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

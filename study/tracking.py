@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 SWEEP_TAG, TRIAL_TAG, KIND_TAG = "textcraftor.sweep", "textcraftor.trial_id", "textcraftor.kind"
 # Tune's own bookkeeping in every result: not worth a metric in MLflow
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
-              "time_since_restore", "iterations_since_restore", "done", "step", "config"}
+              "time_since_restore", "iterations_since_restore", "done", "step", "config",
+              "step_history"}
 
 
 class TrackingError(RuntimeError):
@@ -153,9 +154,9 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
-        metrics = numeric_metrics(result)
-        metrics.pop("rank", None)
-        self.tracker.log_metrics(run_id, metrics, step)
+        for past in result.get("step_history") or []:  # step metrics sent in a batch
+            self.tracker.log_metrics(run_id, numeric_metrics(past), int(past["step"]))
+        self.tracker.log_metrics(run_id, numeric_metrics(result), step)
         checkpoint = result.get("checkpoint_path")
         if checkpoint and checkpoint not in self._logged_grids:
             self._logged_grids.add(checkpoint)

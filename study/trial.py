@@ -16,15 +16,15 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import ray.tune
-import torch
 
 from study.config import StudyConfig
 from study.space import trial_run_config
 from textcraftor.config import RunConfig
 from textcraftor.configio import from_dict, to_dict
-from textcraftor.objective import Objective, reward_sources
-from textcraftor.rewards import REWARD_SCALES, load_reward
-from textcraftor.trainer import TextCraftor, TrainEvent
+
+# The method's modules (torch, diffusers, transformers, open_clip: ~10 s of imports) are
+# imported inside the worker function only: the Tune trial process that launches the
+# TorchTrainer never needs them, and each trial would pay for them again.
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,14 @@ def quality_score(eval_metrics: Mapping[str, float], weights: Mapping[str, float
 
 class RayTrainReporter:
     """TrainEvent → ``ray.train.report`` on every rank (it is a barrier); the checkpoint from
-    rank 0. Every report carries the latest objectives, as Tune's metric checks require."""
+    rank 0. Every report carries the latest objectives, as Tune's metric checks require.
+
+    A report costs a round trip through the Train controller (about a second here), so step
+    metrics are buffered and sent together (``step_history``) every ``report_every`` steps and
+    with each evaluation, checkpoint and the end; the driver logs each at its own step."""
 
     def __init__(self, rank: int, quality_weights: Mapping[str, float],
-                 scales: Mapping[str, float], trial_started_at: float):
+                 scales: Mapping[str, float], trial_started_at: float, report_every: int = 10):
         self.rank = rank
         self.quality_weights = dict(quality_weights)
         self.scales = dict(scales)
@@ -49,8 +53,10 @@ class RayTrainReporter:
         self.trial_started_at = trial_started_at
         # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins
         self.timing = {"train_time_s": 0.0}
+        self.report_every = report_every
+        self.buffered: list[dict[str, Any]] = []
 
-    def __call__(self, event: TrainEvent) -> None:
+    def __call__(self, event) -> None:  # event: textcraftor.trainer.TrainEvent
         if event.kind == "step":
             self.timing["train_time_s"] += event.metrics["step_s"]
             if "startup_s" not in self.timing:
@@ -60,8 +66,13 @@ class RayTrainReporter:
             self.objectives["quality"] = quality_score(event.metrics, self.quality_weights,
                                                        self.scales)
             self.objectives["diversity"] = event.metrics.get("eval/diversity_lpips", math.nan)
+        if event.kind == "step":
+            self.buffered.append({**event.metrics, "step": event.step})
+            if len(self.buffered) < self.report_every:
+                return
         metrics = {**event.metrics, **self.objectives, **self.timing, "step": event.step,
-                   "event": event.kind}
+                   "event": event.kind, "step_history": self.buffered}
+        self.buffered = []
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
@@ -69,8 +80,11 @@ class RayTrainReporter:
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
-def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device) -> Objective:
+def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device):
     """The training objective, plus zero-weight rewards the quality score needs at evaluation."""
+    from textcraftor.objective import Objective, reward_sources
+    from textcraftor.rewards import load_reward
+
     weights = dict(run.reward.active())
     for name in quality_weights:
         weights.setdefault(name, 0.0)
@@ -81,6 +95,11 @@ def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
+    import torch
+
+    from textcraftor.rewards import REWARD_SCALES
+    from textcraftor.trainer import TextCraftor
+
     run = from_dict(RunConfig, loop_config["run"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

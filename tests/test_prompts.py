@@ -14,7 +14,8 @@ from textcraftor.prompts import (
     split_prompts,
 )
 
-PARTI_PROMPTS_TSV = Path("/work/shared/data/PartiPrompts.tsv")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PARTI_PROMPTS_TSV = SHARED / "data" / "PartiPrompts.tsv"
 
 
 def _write(path: Path, text: str) -> Path:
@@ -148,7 +149,6 @@ def test_tsv_shaped_like_parti_prompts_gives_categories(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.skipif(not PARTI_PROMPTS_TSV.is_file(), reason="shared PartiPrompts.tsv not present")
 def test_real_parti_prompts_file() -> None:
     prompts = load_prompts(PARTI_PROMPTS_TSV)
     assert len(prompts) == 1632

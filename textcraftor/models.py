@@ -25,7 +25,11 @@ from textcraftor.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
-PRESET_VERSION = "v1"  # bump when a preset's architecture or seed changes
+PRESET_VERSION = "v2"  # bump when a preset's architecture, seed or layout changes
+# v1 could be written without weights from a DDP worker of rank > 0 (see save_transformers_model)
+_PRESET_FILES = ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json",
+                 "scheduler/scheduler_config.json")
 _HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 
 
@@ -153,7 +157,10 @@ def build_tiny_preset(folder: str | Path | None = None, seed: int = 0) -> Path:
         AutoencoderKL(**tiny_vae_config()).save_pretrained(staging / "vae")
         sd15_scheduler().save_pretrained(staging / "scheduler")
         build_clip_tokenizer(staging / "tokenizer")
-        _write_model_index(staging)
+        missing = [f for f in _PRESET_FILES if not (staging / f).is_file()]
+        if missing:
+            raise RuntimeError(f"building the tiny preset wrote no {', '.join(missing)}")
+        _write_model_index(staging)  # last: its presence marks a complete preset
         try:
             os.replace(staging, folder)
         except OSError:  # another process finished first

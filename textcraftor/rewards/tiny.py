@@ -134,7 +134,11 @@ def _build_one(target: Path, build: Callable[[Path], None], seed: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             build(tmp)
-        (tmp / _MANIFEST).write_text(json.dumps({"seed": seed}))
+        weightless = [c.parent.name for c in tmp.rglob("config.json")
+                      if not (c.parent / "model.safetensors").is_file()]
+        if weightless:
+            raise RuntimeError(f"building tiny {target.name} wrote no weights in {weightless}")
+        (tmp / _MANIFEST).write_text(json.dumps({"seed": seed}))  # last: marks it complete
         try:
             os.replace(tmp, target)
         except OSError:
