@@ -70,7 +70,11 @@ class RayTrainReporter:
             self.buffered.append({**event.metrics, "step": event.step})
             if len(self.buffered) < self.report_every:
                 return
-        metrics = {**event.metrics, **self.objectives, **self.timing, "step": event.step,
+        # step metrics travel in step_history only; checkpoint/end events repeat the last
+        # step's metrics, so they carry just the evaluation ones
+        own = {} if event.kind == "step" else event.metrics if event.kind == "eval" else {
+            k: v for k, v in event.metrics.items() if k.startswith(("eval/", "baseline/"))}
+        metrics = {**own, **self.objectives, **self.timing, "step": event.step,
                    "event": event.kind, "step_history": self.buffered}
         self.buffered = []
         checkpoint = None
