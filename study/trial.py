@@ -70,10 +70,9 @@ class RayTrainReporter:
             self.buffered.append({**event.metrics, "step": event.step})
             if len(self.buffered) < self.report_every:
                 return
-        # step metrics travel in step_history only; checkpoint/end events repeat the last
-        # step's metrics, so they carry just the evaluation ones
-        own = {} if event.kind == "step" else event.metrics if event.kind == "eval" else {
-            k: v for k, v in event.metrics.items() if k.startswith(("eval/", "baseline/"))}
+        # step metrics travel in step_history only, evaluation metrics with their eval event;
+        # checkpoint and end events repeat both, so they add only objectives and timing
+        own = event.metrics if event.kind == "eval" else {}
         metrics = {**own, **self.objectives, **self.timing, "step": event.step,
                    "event": event.kind, "step_history": self.buffered}
         self.buffered = []
