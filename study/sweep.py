@@ -24,6 +24,7 @@ from study.tracking import (
     check_tracking_uri,
     flatten,
     resolve_tracking_uri,
+    trial_error_text,
 )
 from textcraftor.configio import ConfigError, to_dict
 
@@ -222,10 +223,7 @@ def _finite_or_none(value):
 
 
 def _error(trial) -> str | None:
-    path = getattr(trial, "error_file", None)
-    if not path or not Path(path).is_file():
-        return None
-    lines = Path(path).read_text().strip().splitlines()
+    lines = trial_error_text(trial).strip().splitlines()
     return lines[-1] if lines else None
 
 

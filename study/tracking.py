@@ -173,12 +173,12 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
-        error = getattr(trial, "error_file", None)
-        self.tracker.client.set_tag(run_id, "error", _error_text(trial)[:4000] or str(error))
+        self.tracker.client.set_tag(run_id, "error", trial_error_text(trial)[:4000] or "unknown")
         self.tracker.finish(run_id, "FAILED")
 
 
-def _error_text(trial) -> str:
+def trial_error_text(trial) -> str:
+    """The traceback Tune saved for a failed trial ("" when there is none)."""
     path = getattr(trial, "error_file", None)
     try:
         return Path(path).read_text() if path else ""
