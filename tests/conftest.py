@@ -41,6 +41,7 @@ SMALL = (
     "data.heldout_count=2",
     "data.eval_seeds=[0]",
     "eval.diversity=false",
+    "eval.distribution=false",
     "reward.weights={aesthetic: 1}",
     "reward.clip_constraint=0",
 )
@@ -136,3 +137,25 @@ def run_module() -> Callable:
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """One real sweep shared by the study and analysis tests: 3 trials of the tiny preset on
+    Parti-Prompts (categories), 4 held-out prompts × 2 seeds; the first trial (the reference
+    point, w_aesthetic = 1.0) gets a NaN loss at step 2 and fails."""
+    import json
+    import time
+
+    from sweep_helpers import PARTI_PROMPTS, run_sweep
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    started = time.perf_counter()
+    result = run_sweep(tmp, "--num-samples", "3", "--set", "name=e2e",
+                       "--set", f"base.data.prompts={PARTI_PROMPTS}",
+                       "--set", "base.data.heldout_count=4",
+                       "--set", "fault_injection={param: w_aesthetic, value: 1.0, nan_at_step: 2}")
+    wall = time.perf_counter() - started
+    summary = json.loads((tmp / "sweeps" / "e2e" / "summary.json").read_text())
+    print(f"\nsweep of 3 trials: {wall:.1f} s wall; overhead {summary['overhead']}")
+    return tmp, summary, result

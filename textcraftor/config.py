@@ -141,16 +141,25 @@ class DataConfig:
 
 
 LPIPS_TRUNKS = ("auto", "pretrained", "random")
+IMAGE_FEATURES = ("auto", "inception", "random")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    diversity: bool = True  # intra-prompt LPIPS over the evaluation seeds (needs >= 2 seeds)
+    diversity: bool = True  # intra-prompt LPIPS and CLIP-embedding distance (needs >= 2 seeds)
     lpips_trunk: str = "auto"  # pretrained (downloads AlexNet) | random (offline) | auto: random
     #                            for the tiny preset, pretrained otherwise
+    distribution: bool = True  # KID and FID of the evaluation images against the reference set
+    features: str = "auto"  # KID/FID features: inception (downloads) | random (offline) | auto
+    reference_dir: str | None = None  # folder of reference images; None = the base model's
+    #                                   images for the same prompts and seeds
+    kid_subset_size: int = 100  # KID subset size (capped at the number of images)
 
     def __post_init__(self) -> None:
         require_choice(self.lpips_trunk, "eval.lpips_trunk", LPIPS_TRUNKS)
+        require_choice(self.features, "eval.features", IMAGE_FEATURES)
+        require(self.kid_subset_size >= 2, "eval.kid_subset_size",
+                f"must be >= 2, got {self.kid_subset_size}")
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(not self.eval.diversity or len(self.data.eval_seeds) >= 2, "data.eval_seeds",
                 "eval.diversity needs at least 2 evaluation seeds per prompt")
+        images = self.data.heldout_count * len(self.data.eval_seeds)
+        require(not self.eval.distribution or self.eval.reference_dir or images >= 2,
+                "data.heldout_count", f"eval.distribution (KID/FID) needs at least 2 evaluation "
+                f"images; heldout_count × eval_seeds gives {images}")
 
     def with_output_dir(self, output_dir: str | Path) -> RunConfig:
         return replace(self, output_dir=str(output_dir))

@@ -24,10 +24,15 @@ from tqdm.auto import tqdm
 from textcraftor.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from textcraftor.config import RunConfig
 from textcraftor.configio import to_dict
-from textcraftor.diversity import LPIPSDistance, intra_prompt_diversity
+from textcraftor.evaluation import EvalResult, Evaluator, load_reference_images
 from textcraftor.generation import sample_images
 from textcraftor.models import Pipeline, load_pipeline
-from textcraftor.objective import Objective, build_objective, check_reward_sources
+from textcraftor.objective import (
+    Objective,
+    build_objective,
+    check_reward_sources,
+    reward_sources,
+)
 from textcraftor.prompts import PromptSampler, load_prompts, split_prompts
 from textcraftor.sampler import (
     PromptTokenizer,
@@ -55,14 +60,6 @@ class TrainEvent:
 
 
 TrainCallback = Callable[[TrainEvent], None]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    metrics: dict[str, float]  # eval/<reward> means, eval/quality
-    images: torch.Tensor  # [P*S, 3, H, W] in [0,1], prompt-major (all seeds of prompt 0 first)
-    prompts: tuple[str, ...]  # the held-out prompts, P
-    seeds: tuple[int, ...]  # the evaluation seeds, S
 
 
 def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
@@ -135,7 +132,7 @@ class TextCraftor:
         self.show_progress = show_progress and rank == 0
         self.step = 0
         self._last_checkpoint: Path | None = None
-        self._lpips_distance: LPIPSDistance | None = None
+        self._reference: torch.Tensor | None = None  # KID/FID reference images, on the CPU
         m, d = config.model, config.data
         self.autocast = autocast_dtype(m.mixed_precision, self.device)
         # Everything cheap and checkable first: a bad prompt file fails before models load.
@@ -157,6 +154,7 @@ class TextCraftor:
         self.optimizer, self.trainable = self._build_optimizer()
         self.encoder = self._maybe_ddp(self.pipeline.text_encoder)
         self.scaler = torch.amp.GradScaler(enabled=self.autocast is torch.float16)
+        self.evaluator = Evaluator(config, self.objective, self.device, self._load_clip)
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -265,47 +263,74 @@ class TextCraftor:
 
     # --- evaluation ------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], noise_seeds: Sequence[int]) -> torch.Tensor:
-        """Images [B,3,H,W] in [0,1] from the current encoder (no gradient, full chain)."""
+    def generate(self, prompts: Sequence[str], noise_seeds: Sequence[int],
+                 alpha: float = 1.0) -> torch.Tensor:
+        """Images [B,3,H,W] in [0,1] from the current encoder, or its interpolation with the
+        original (``alpha``), with no gradient, over the full chain."""
         with self._autocast():
             return sample_images(self.pipeline, self.pipeline.text_encoder, self.tokens, prompts,
-                                 noise_seeds, self.config.sample)
+                                 noise_seeds, self.config.sample, alpha=alpha)
 
     @torch.no_grad()
-    def evaluate(self) -> EvalResult:
-        """Held-out prompts × evaluation seeds: mean of each reward and of the weighted quality."""
-        prompts = tuple(p.text for p in self.split.heldout)
+    def evaluate(self, alpha: float = 1.0) -> EvalResult:
+        """Held-out prompts × evaluation seeds: each reward, the weighted quality, diversity and
+        KID/FID against the reference set. ``alpha`` < 1 evaluates the interpolated encoder."""
+        heldout = self.split.heldout
         seeds = self.config.data.eval_seeds
+        was_training = self.pipeline.text_encoder.training
+        self.pipeline.text_encoder.eval()
+        images, scores = self._eval_images([p.text for p in heldout], seeds, alpha)
+        reference = self._reference_images(images, alpha)
+        self.pipeline.text_encoder.train(was_training)
+        return self.evaluator(images, scores, [p.text for p in heldout], seeds,
+                              [p.category for p in heldout], reference)
+
+    def _eval_images(self, prompts: Sequence[str], seeds: Sequence[int], alpha: float,
+                     score: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """[P·S,3,H,W] prompt-major on the CPU, and {reward: [P·S]} (when ``score``)."""
         pairs = [(p, s) for p in prompts for s in seeds]
         batch = self.config.train.eval_batch_size
         images, scores = [], []
-        was_training = self.pipeline.text_encoder.training
-        self.pipeline.text_encoder.eval()
         for start in range(0, len(pairs), batch):
             chunk = pairs[start:start + batch]
             chunk_prompts = [p for p, _ in chunk]
-            x = self.generate(chunk_prompts, [eval_noise_seed(s, p) for p, s in chunk])
-            with self._autocast():
-                _, per_reward = self.objective(x, chunk_prompts)
-            images.append(x)
-            scores.append({k: v.float().cpu() for k, v in per_reward.items()})
-        self.pipeline.text_encoder.train(was_training)
-        per_reward = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
-        metrics = {f"eval/{k}": v.mean().item() for k, v in per_reward.items()}
-        metrics["eval/quality"] = self.objective.quality(per_reward).mean().item()
-        images = torch.cat(images)
-        if self.config.eval.diversity:
-            diversity = intra_prompt_diversity(images, len(seeds), self._lpips())
-            metrics["eval/diversity_lpips"] = diversity.mean().item()
-        return EvalResult(metrics, images.cpu(), prompts, tuple(seeds))
+            x = self.generate(chunk_prompts, [eval_noise_seed(s, p) for p, s in chunk], alpha)
+            if score:
+                with self._autocast():
+                    scores.append({k: v.cpu() for k, v in
+                                   self.evaluator.rewards(x, chunk_prompts).items()})
+            images.append(x.cpu())
+        merged = {k: torch.cat([s[k] for s in scores]) for k in scores[0]} if scores else {}
+        return torch.cat(images), merged
 
-    def _lpips(self) -> LPIPSDistance:
-        if self._lpips_distance is None:
-            trunk = self.config.eval.lpips_trunk
-            if trunk == "auto":
-                trunk = "random" if self.config.model.source == "tiny" else "pretrained"
-            self._lpips_distance = LPIPSDistance(trunk == "pretrained").to(self.device)
-        return self._lpips_distance
+    def _reference_images(self, images: torch.Tensor, alpha: float) -> torch.Tensor | None:
+        """The KID/FID reference: a folder, or the base model's images for the evaluation prompts
+        and seeds — generated once (at step 0 they are the evaluation images themselves)."""
+        e = self.config.eval
+        if not e.distribution:
+            return None
+        if self._reference is None:
+            if e.reference_dir:
+                self._reference = load_reference_images(e.reference_dir,
+                                                        self.config.sample.resolution)
+            elif self.step == 0 and alpha == 1.0 and self._last_checkpoint is None:
+                self._reference = images
+            else:
+                if self.config.model.train_unet != "none":
+                    log.warning("KID/FID reference generated after step 0 with a fine-tuned UNet: "
+                                "it is not the base model's images")
+                prompts = [p.text for p in self.split.heldout]
+                self._reference, _ = self._eval_images(prompts, self.config.data.eval_seeds,
+                                                       alpha=0.0, score=False)
+        return self._reference
+
+    def _load_clip(self):
+        """The CLIP-constraint model for evaluation when the objective does not hold one."""
+        from textcraftor.rewards import load_reward
+
+        m = self.config.model
+        source = reward_sources(self.config.reward, m.source, m.cache_dir, names=["clip"])
+        return load_reward("clip", source["clip"], device=self.device)
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -316,10 +341,12 @@ class TextCraftor:
         weights = unet_weights(self.pipeline, m.train_unet)
         if m.train_text_encoder:
             weights["text_encoder"] = self.pipeline.text_encoder.state_dict()
-        grid = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        name = f"step_{self.step:07d}"
+        shown = {"samples.png": self.run_dir / "samples" / f"{name}.png",
+                 "eval.json": self.run_dir / "eval" / f"{name}.json"}
         path = save_checkpoint(self.run_dir, self.step, weights, self.optimizer,
                                extra={"source": m.source}, keep=t.keep_checkpoints,
-                               files={"samples.png": grid} if grid.is_file() else None)
+                               files={k: f for k, f in shown.items() if f.is_file()} or None)
         self._last_checkpoint = path
         return path
 
@@ -373,6 +400,8 @@ class TextCraftor:
             self.last_eval = result
             if self.config.train.sample_grid:
                 save_grid(result, self.run_dir / "samples" / f"step_{self.step:07d}.png")
+            write_json_atomic(self.run_dir / "eval" / f"step_{self.step:07d}.json",
+                              result.table(self.step))
             self._write_metrics("eval", metrics)
         if baseline:
             metrics = {**metrics, **{k.replace("eval/", "baseline/"): v

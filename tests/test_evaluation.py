@@ -1,0 +1,77 @@
+"""Held-out evaluation on the tiny preset: every metric with N beside it, the base model as the
+KID/FID reference, a folder as the reference, per-prompt tables with categories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.utils import save_image
+
+PARTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
+EVAL = ("eval.diversity=true", "eval.distribution=true", "data.eval_seeds=[0, 1]",
+        "data.heldout_count=3", f"data.prompts={PARTI}")
+
+
+def test_base_model_is_its_own_reference_and_training_moves_away(make_trainer):
+    trainer = make_trainer(*EVAL, "train.lr=0.05", "train.steps=3", "train.eval_every=3",
+                           "train.save_every=3")
+    before = trainer.evaluate()
+    m = before.metrics
+    assert m["eval/num_images"] == 6 and m["eval/num_reference"] == 6
+    assert abs(m["eval/fid"]) < 1e-4 and abs(m["eval/cmmd"]) < 1e-4
+    assert abs(m["eval/kid"]) < 5e-3  # unbiased estimator: ≈ 0, slightly negative at small N
+    assert m["eval/diversity_lpips"] > 0 and m["eval/diversity_clip"] > 0
+    for name in ("eval/aesthetic", "eval/clip", "eval/quality"):  # clip scored although λ = 0
+        assert name in m
+    trainer.fit()
+    after = trainer.evaluate().metrics
+    assert after["eval/fid"] > 1e-3 and after["eval/cmmd"] > m["eval/cmmd"]
+    # a = 0 is the base model again: the reference distance returns to zero
+    assert abs(trainer.evaluate(alpha=0.0).metrics["eval/fid"]) < 1e-4
+
+
+def test_per_prompt_table_carries_categories_and_lands_in_the_checkpoint(make_trainer):
+    trainer = make_trainer(*EVAL, "train.steps=1", "train.eval_every=1", "train.save_every=1",
+                           "train.sample_grid=true")
+    trainer.fit()
+    run_dir = trainer.run_dir
+    table = json.loads((run_dir / "eval" / "step_0000001.json").read_text())
+    assert table["step"] == 1 and table["seeds"] == [0, 1]
+    rows = table["prompts"]
+    assert [r["prompt"] for r in rows] == [p.text for p in trainer.split.heldout]
+    assert all(r["category"] for r in rows)
+    assert {"aesthetic", "clip", "quality", "diversity_lpips", "diversity_clip"} <= set(rows[0])
+    inside = run_dir / "checkpoints" / "step_0000001"
+    assert json.loads((inside / "eval.json").read_text()) == table
+    assert (inside / "samples.png").is_file()
+
+
+def test_reference_folder(make_trainer, tmp_path):
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    for i in range(5):
+        save_image(torch.rand(3, 40, 40), folder / f"{i}.png")
+    trainer = make_trainer(*EVAL, f"eval.reference_dir={folder}")
+    m = trainer.evaluate().metrics
+    assert m["eval/num_reference"] == 5 and m["eval/fid"] > 0
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        make_trainer(*EVAL, f"eval.reference_dir={empty}").evaluate()
+
+
+def test_too_few_images_for_kid_names_the_minimum(make_trainer, make_config):
+    from textcraftor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.heldout_count.*at least 2 evaluation images"):
+        make_config("eval.distribution=true", "data.heldout_count=1")
+    # a reference folder of one image is too few for KID: named at evaluation
+    trainer = make_trainer(*EVAL)
+    one = torch.rand(1, 3, 32, 32)
+    result = trainer.evaluate()
+    with pytest.raises(ValueError, match="at least 2 images"):
+        trainer.evaluator(result.images, {}, result.prompts, result.seeds, (), one)

@@ -1,0 +1,158 @@
+"""Held-out evaluation: every reward per image, intra-prompt diversity in two views (LPIPS, CLIP
+embeddings), and KID/FID of the images against a reference set (by default the base model's
+images for the same prompts and seeds). Runs on one process (rank 0)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from textcraftor.config import RunConfig
+from textcraftor.diversity import LPIPSDistance, intra_prompt_diversity
+from textcraftor.metrics import (
+    clip_image_features,
+    cmmd,
+    distribution_distances,
+    embedding_distance,
+    inception_image_features,
+    random_image_features,
+)
+from textcraftor.objective import Objective
+from textcraftor.rewards import Reward
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, float]  # eval/<reward>, eval/quality, eval/diversity_*, eval/fid, eval/kid…
+    images: torch.Tensor  # [P*S, 3, H, W] in [0,1], prompt-major (all seeds of prompt 0 first)
+    prompts: tuple[str, ...]  # the held-out prompts, P
+    seeds: tuple[int, ...]  # the evaluation seeds, S
+    categories: tuple[str | None, ...] = ()  # each prompt's category (None: uncategorised), P
+    per_prompt: dict[str, list[float]] | None = None  # name → P values (mean over seeds)
+
+    def table(self, step: int) -> dict:
+        """One row per prompt (category, each reward, quality, diversity): what the analysis
+        breaks down by category."""
+        columns = self.per_prompt or {}
+        categories = self.categories or (None,) * len(self.prompts)
+        rows = [{"prompt": p, "category": c, **{k: v[i] for k, v in columns.items()}}
+                for i, (p, c) in enumerate(zip(self.prompts, categories))]
+        return {"step": step, "seeds": list(self.seeds), "prompts": rows}
+
+
+def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
+    """Every image in ``folder`` (sorted by name), RGB, resized to ``resolution``²: [N,3,R,R]."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.functional import resize
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"eval.reference_dir: no folder {folder}")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"eval.reference_dir: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+                         f"{folder}")
+    images = [resize(decode_image(str(f), mode=ImageReadMode.RGB), [resolution, resolution],
+                     antialias=True) for f in files]
+    return torch.stack(images).float() / 255.0
+
+
+class Evaluator:
+    """Scores one batch of evaluation images. The metric networks load on first use."""
+
+    def __init__(self, config: RunConfig, objective: Objective, device: torch.device,
+                 load_clip: Callable[[], Reward]):
+        self.config = config
+        self.objective = objective
+        self.device = device
+        self._load_clip = load_clip
+        self._clip: Reward | None = None
+        self._lpips: LPIPSDistance | None = None
+        self._image_features: torch.nn.Module | None = None
+        self._clip_features: torch.nn.Module | None = None
+
+    def _offline_defaults(self) -> bool:
+        return self.config.model.source == "tiny"
+
+    @property
+    def clip(self) -> Reward:
+        """The CLIP model of the constraint, scored at evaluation even when λ = 0."""
+        if self._clip is None:
+            rewards = self.objective.rewards
+            self._clip = rewards["clip"] if "clip" in rewards else self._load_clip().to(
+                self.device)
+        return self._clip
+
+    @property
+    def lpips(self) -> LPIPSDistance:
+        if self._lpips is None:
+            trunk = self.config.eval.lpips_trunk
+            if trunk == "auto":
+                trunk = "random" if self._offline_defaults() else "pretrained"
+            self._lpips = LPIPSDistance(trunk == "pretrained").to(self.device)
+        return self._lpips
+
+    @property
+    def image_features(self) -> torch.nn.Module:
+        """Inception pool features for KID/FID (or a small random network, offline)."""
+        if self._image_features is None:
+            kind = self.config.eval.features
+            if kind == "auto":
+                kind = "random" if self._offline_defaults() else "inception"
+            module = random_image_features() if kind == "random" else inception_image_features()
+            self._image_features = module.to(self.device)
+        return self._image_features
+
+    @property
+    def clip_features(self) -> torch.nn.Module:
+        """CLIP image embeddings for the diversity view and CMMD."""
+        if self._clip_features is None:
+            self._clip_features = clip_image_features(self.clip)
+        return self._clip_features
+
+    def rewards(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """{reward: [B]} for every reward of the objective, the CLIP score, and quality."""
+        _, scores = self.objective(images, prompts)
+        if "clip" not in scores:
+            scores["clip"] = self.clip(images, prompts)
+        scores = {k: v.float() for k, v in scores.items()}
+        scores["quality"] = self.objective.quality(
+            {k: scores[k] for k in self.objective.coefficients}).float()
+        return scores
+
+    def __call__(self, images: torch.Tensor, scores: dict[str, torch.Tensor],
+                 prompts: Sequence[str], seeds: Sequence[int],
+                 categories: Sequence[str | None],
+                 reference: torch.Tensor | None) -> EvalResult:
+        """images: [P·S,3,H,W] prompt-major; scores: {name: [P·S]} from ``rewards``."""
+        e, s = self.config.eval, len(seeds)
+        metrics = {f"eval/{k}": v.mean().item() for k, v in scores.items()}
+        per_prompt = {k: v.reshape(-1, s).mean(dim=1).tolist() for k, v in scores.items()}
+        images_on_device = images.to(self.device)
+        if e.diversity:
+            lpips = intra_prompt_diversity(images_on_device, s, self.lpips)
+            metrics["eval/diversity_lpips"] = lpips.mean().item()
+            per_prompt["diversity_lpips"] = lpips.tolist()
+            clip = intra_prompt_diversity(images_on_device, s,
+                                          embedding_distance(self.clip_features))
+            metrics["eval/diversity_clip"] = clip.mean().item()
+            per_prompt["diversity_clip"] = clip.tolist()
+        if e.distribution and reference is not None:
+            reference = reference.to(self.device)
+            found = distribution_distances(images_on_device, reference, self.image_features,
+                                           kid_subset_size=e.kid_subset_size)
+            metrics.update({"eval/fid": found["fid"], "eval/kid": found["kid"],
+                            "eval/kid_std": found["kid_std"],
+                            "eval/cmmd": cmmd(images_on_device, reference, self.clip_features),
+                            # N beside every value: FID and KID are biased at small N
+                            "eval/num_images": float(found["n"]),
+                            "eval/num_reference": float(found["n_reference"])})
+        return EvalResult(metrics, images.cpu(), tuple(prompts), tuple(seeds),
+                          tuple(categories), per_prompt)
