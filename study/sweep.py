@@ -218,6 +218,17 @@ def overhead(trials: list[dict[str, Any]], sweep_wall_s: float) -> dict[str, flo
     }
 
 
+def baseline_record(tracker: SweepTracker) -> dict[str, Any] | None:
+    """The baseline's status and objectives, for summary.json."""
+    run = tracker.baseline_run()
+    if run is None:
+        return None
+    metrics = run.data.metrics
+    return {"status": run.info.status, "mlflow_run_id": run.info.run_id,
+            "objectives": {k: metrics.get(k) for k in ("quality", "diversity")},
+            "error": run.data.tags.get("error")}
+
+
 def _finite_or_none(value):
     return value if isinstance(value, (int, float)) and value == value else None
 
@@ -228,6 +239,7 @@ def _error(trial) -> str | None:
 
 
 def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = False) -> dict:
+    from study.baseline import run_baseline
     from study.space import trial_params
     from study.tracking import MlflowTrialCallback
 
@@ -240,15 +252,18 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     if not resume:
         tracker.log_params(tracker.parent_id, flatten(to_dict(study)))
         tracker.client.log_dict(tracker.parent_id, to_dict(study), "study_config.json")
-    callback = MlflowTrialCallback(tracker, lambda config: {
-        **trial_params(config, study), "base": to_dict(study.base)})
+    run_baseline(study, tracker)
+    callback = MlflowTrialCallback(
+        tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
+        lambda trial_id: study.sweep_dir / "trials" / trial_id)
     tuner = make_tuner(study, [callback], resume)
     started = time.perf_counter()
     results = tuner.fit()
     summary = summarize(trial_records(results, study, tracker), study.objectives.names)
     summary.update({"name": study.name, "mlflow_parent_run_id": tracker.parent_id,
                     "tracking_uri": uri, "experiment": study.experiment,
-                    "overhead": overhead(summary["trials"], time.perf_counter() - started)})
+                    "overhead": overhead(summary["trials"], time.perf_counter() - started),
+                    "baseline": baseline_record(tracker)})
     write_summary(sweep_dir / "summary.json", summary)
     tracker.client.log_artifact(tracker.parent_id, str(sweep_dir / "summary.json"))
     table = pareto_table(summary)

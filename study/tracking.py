@@ -97,19 +97,28 @@ class SweepTracker:
                                      tags={SWEEP_TAG: self.sweep_name, KIND_TAG: "sweep"})
         return run.info.run_id
 
-    def child(self, trial_id: str, params: Mapping[str, Any] | None = None) -> str:
-        """The child run of a trial, created once (with its params) and reused on resume."""
+    def child(self, trial_id: str, params: Mapping[str, Any] | None = None,
+              kind: str = "trial", tags: Mapping[str, str] | None = None) -> str:
+        """The child run of a trial (or of the baseline), created once (with its params and
+        tags) and reused on resume."""
         if trial_id not in self._children:
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_id,
-                tags={SWEEP_TAG: self.sweep_name, TRIAL_TAG: trial_id, KIND_TAG: "trial",
-                      "mlflow.parentRunId": self.parent_id})
+                tags={SWEEP_TAG: self.sweep_name, TRIAL_TAG: trial_id, KIND_TAG: kind,
+                      "mlflow.parentRunId": self.parent_id, **(tags or {})})
             self._children[trial_id] = run.info.run_id
             if params:
                 self.log_params(run.info.run_id, flatten(params))
         else:
             self.client.update_run(self._children[trial_id], status="RUNNING")
         return self._children[trial_id]
+
+    def baseline_run(self):
+        """The sweep's baseline run (an ``mlflow.entities.Run``), or None."""
+        found = self._search(f"tags.`{KIND_TAG}` = 'baseline'")
+        if found:
+            self._children[found[0].data.tags[TRIAL_TAG]] = found[0].info.run_id
+        return found[0] if found else None
 
     def run_id(self, trial_id: str) -> str | None:
         return self._children.get(trial_id)
@@ -130,7 +139,9 @@ class SweepTracker:
 
     def close_orphans(self, status: str = "KILLED") -> list[str]:
         """Terminate child runs still RUNNING (their driver is gone); returns their ids."""
-        orphans = [r.info.run_id for r in self._search(f"tags.`{KIND_TAG}` = 'trial'")
+        children = [r for kind in ("trial", "baseline")
+                    for r in self._search(f"tags.`{KIND_TAG}` = '{kind}'")]
+        orphans = [r.info.run_id for r in children
                    if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
         for run_id in orphans:
             self.client.set_terminated(run_id, status)
@@ -140,13 +151,15 @@ class SweepTracker:
 class MlflowTrialCallback(Callback):
     """Tune callback on the driver: params, per-step metrics, sample grids, final status."""
 
-    def __init__(self, tracker: SweepTracker, params_of):
+    def __init__(self, tracker: SweepTracker, params_of, run_dir_of):
         self.tracker = tracker
         self.params_of = params_of  # trial config → params to log (flat-able mapping)
-        self._logged_grids: set[str] = set()
+        self.run_dir_of = run_dir_of  # trial id → the trial's run folder
+        self._logged_checkpoints: set[str] = set()
 
     def _run(self, trial) -> str:
-        return self.tracker.child(trial.trial_id, self.params_of(trial.config))
+        return self.tracker.child(trial.trial_id, self.params_of(trial.config),
+                                  tags={"run_dir": str(self.run_dir_of(trial.trial_id))})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
@@ -158,15 +171,21 @@ class MlflowTrialCallback(Callback):
             self.tracker.log_metrics(run_id, numeric_metrics(past), int(past["step"]))
         self.tracker.log_metrics(run_id, numeric_metrics(result), step)
         checkpoint = result.get("checkpoint_path")
-        if checkpoint and checkpoint not in self._logged_grids:
-            self._logged_grids.add(checkpoint)
-            grid = Path(checkpoint) / "samples.png"
-            if grid.is_file():
-                with tempfile.TemporaryDirectory() as folder:  # one artifact per step
-                    named = Path(folder) / f"step_{step:07d}.png"
-                    shutil.copyfile(grid, named)
-                    self.tracker.client.log_artifact(run_id, str(named), artifact_path="samples")
+        if checkpoint and checkpoint not in self._logged_checkpoints:
+            self._logged_checkpoints.add(checkpoint)
+            # the sample grid and per-prompt table travel inside the checkpoint: one artifact
+            # of each per step, samples/step_N.png and eval/step_N.json
+            for inside, folder in (("samples.png", "samples"), ("eval.json", "eval")):
+                self._log_renamed(run_id, Path(checkpoint) / inside, folder, step)
             self.tracker.client.set_tag(run_id, "checkpoint", checkpoint)
+
+    def _log_renamed(self, run_id: str, source: Path, folder: str, step: int) -> None:
+        if not source.is_file():
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            named = Path(tmp) / f"step_{step:07d}{source.suffix}"
+            shutil.copyfile(source, named)
+            self.tracker.client.log_artifact(run_id, str(named), artifact_path=folder)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.finish(self._run(trial), "FINISHED")

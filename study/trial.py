@@ -51,7 +51,8 @@ class RayTrainReporter:
         self.scales = dict(scales)
         self.objectives = {"quality": math.nan, "diversity": math.nan}
         self.trial_started_at = trial_started_at
-        # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins
+        # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins;
+        # peak_memory_mb (at the end): see peak_memory_mb
         self.timing = {"train_time_s": 0.0}
         self.report_every = report_every
         self.buffered: list[dict[str, Any]] = []
@@ -62,6 +63,8 @@ class RayTrainReporter:
             if "startup_s" not in self.timing:
                 self.timing["startup_s"] = (time.time() - self.trial_started_at
                                             - event.metrics["step_s"])
+        if event.kind == "end":
+            self.timing["peak_memory_mb"] = peak_memory_mb()
         if event.kind == "eval":
             self.objectives["quality"] = quality_score(event.metrics, self.quality_weights,
                                                        self.scales)
@@ -81,6 +84,17 @@ class RayTrainReporter:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
         name = f"step_{event.step:07d}" if event.kind == "checkpoint" else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory of this process (CUDA), else its peak resident set size."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device):

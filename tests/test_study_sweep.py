@@ -7,62 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
+from sweep_helpers import child_runs, run_sweep, sweep_command
 
 pytestmark = pytest.mark.slow
 
-# A few steps of the tiny preset: each trial is mostly Ray/Train start-up here.
-SMALL = [
-    "--set", "base.sample.num_steps=4", "--set", "base.sample.k=2",
-    "--set", "base.train.steps=4", "--set", "base.train.eval_every=2",
-    "--set", "base.train.save_every=2", "--set", "base.data.heldout_count=2",
-    "--set", "search.k.high=2",
-]
-
-
-def sweep_command(tmp: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "study.sweep", "--results-dir", str(tmp / "sweeps"),
-            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", *SMALL, *args]
-
-
-def run_sweep(tmp: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run(sweep_command(tmp, *args), cwd=tmp, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
-def child_runs(tmp: Path, sweep: str):
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("textcraftor-study")
-    runs = client.search_runs([experiment.experiment_id],
-                              f"tags.`textcraftor.sweep` = '{sweep}'")
-    parents = [r for r in runs if r.data.tags["textcraftor.kind"] == "sweep"]
-    children = [r for r in runs if r.data.tags["textcraftor.kind"] == "trial"]
-    return client, parents, children
-
-
-@pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory):
-    """3 trials; the first (the reference point, w_aesthetic = 1.0) gets a NaN loss at step 2."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    started = time.perf_counter()
-    result = run_sweep(tmp, "--num-samples", "3", "--set", "name=e2e",
-                       "--set", "fault_injection={param: w_aesthetic, value: 1.0, nan_at_step: 2}")
-    wall = time.perf_counter() - started
-    summary = json.loads((tmp / "sweeps" / "e2e" / "summary.json").read_text())
-    print(f"\nsweep of 3 trials: {wall:.1f} s wall; overhead {summary['overhead']}")
-    return tmp, summary, result
-
-
-def test_completed_trials_are_tracked_everywhere(failing_sweep):
-    tmp, summary, result = failing_sweep
+def test_completed_trials_are_tracked_everywhere(tiny_sweep):
+    tmp, summary, result = tiny_sweep
     done = [t for t in summary["trials"] if t["status"] == "TERMINATED"]
     assert summary["num_trials"] == 3 and len(done) == 2
     for trial in done:
@@ -98,8 +53,8 @@ def test_completed_trials_are_tracked_everywhere(failing_sweep):
     assert all(len(t.values) == 2 for t in trials if t.state.name == "COMPLETE")
 
 
-def test_failed_trial_is_recorded_and_the_sweep_goes_on(failing_sweep):
-    tmp, summary, _ = failing_sweep
+def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
+    tmp, summary, _ = tiny_sweep
     failed = [t for t in summary["trials"] if t["status"] == "ERROR"]
     assert len(failed) == 1
     assert failed[0]["params"]["w_aesthetic"] == 1.0

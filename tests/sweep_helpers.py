@@ -1,0 +1,105 @@
+"""Running real sweeps from tests: the command, a checked run, and the MLflow runs it made."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PARTI_PROMPTS = SHARED / "data" / "PartiPrompts.tsv"
+
+# A few steps of the tiny preset: each trial is mostly Ray/Train start-up here.
+SMALL = [
+    "--set", "base.sample.num_steps=4", "--set", "base.sample.k=2",
+    "--set", "base.train.steps=4", "--set", "base.train.eval_every=2",
+    "--set", "base.train.save_every=2", "--set", "base.data.heldout_count=2",
+    "--set", "search.k.high=2",
+]
+
+
+def sweep_command(tmp: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "study.sweep", "--results-dir", str(tmp / "sweeps"),
+            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", *SMALL, *args]
+
+
+def run_sweep(tmp: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    result = subprocess.run(sweep_command(tmp, *args), cwd=tmp, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def child_runs(tmp: Path, sweep: str, kind: str = "trial"):
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("textcraftor-study")
+    runs = client.search_runs([experiment.experiment_id],
+                              f"tags.`textcraftor.sweep` = '{sweep}'")
+    parents = [r for r in runs if r.data.tags["textcraftor.kind"] == "sweep"]
+    children = [r for r in runs if r.data.tags["textcraftor.kind"] == kind]
+    return client, parents, children
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, cwd: Path):
+    """A real ``mlflow server`` on 127.0.0.1 (its own process group, job runner off); yields
+    (base URL, process). Artifacts are proxied by the server into ``cwd/mlartifacts``."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {server.stdout.read()}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server: no /health in 120 s") from None
+                time.sleep(1)
+        yield base, server
+    finally:
+        stop_process_group(server)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def rest(base: str, path: str, body: dict | None = None) -> dict:
+    """One MLflow REST call (GET, or POST with a JSON body)."""
+    request = urllib.request.Request(base + path,
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
