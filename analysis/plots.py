@@ -1,0 +1,189 @@
+"""The study's figures (matplotlib, no display needed). Each function returns a Figure;
+``save_figure`` writes it as PNG and SVG."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+STATUS_MARKERS = {"FINISHED": "o", "FAILED": "x", "RUNNING": "^", "KILLED": "v"}
+
+
+def save_figure(figure: Figure, folder: str | Path, name: str) -> dict[str, Path]:
+    """``folder/name.png`` and ``folder/name.svg``; the figure is closed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for suffix in ("png", "svg"):
+        path = folder / f"{name}.{suffix}"
+        tmp = folder / f".{name}.tmp.{suffix}"
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format=suffix)
+        tmp.replace(path)
+        paths[suffix] = path
+    plt.close(figure)
+    return paths
+
+
+def _finite(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    present = [c for c in columns if c in frame.columns]
+    if len(present) < len(columns):
+        return frame.iloc[0:0]
+    return frame.dropna(subset=present)
+
+
+def quality_vs_diversity(runs: pd.DataFrame, x: str = "diversity", y: str = "quality") -> Figure:
+    """Every finished trial, the Pareto front joined, the baseline as a star."""
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    trials = _finite(runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")], [x, y])
+    others = trials[~trials["pareto"]]
+    axes.scatter(others[x], others[y], c="tab:gray", label="trial")
+    front = trials[trials["pareto"]].sort_values(x)
+    axes.plot(front[x], front[y], "o-", c="tab:red", label="Pareto front")
+    for _, row in trials.iterrows():
+        axes.annotate(str(row["trial_id"])[-5:], (row[x], row[y]), fontsize=7,
+                      xytext=(3, 3), textcoords="offset points")
+    base = _finite(runs[runs["kind"] == "baseline"], [x, y])
+    if not base.empty:
+        axes.scatter(base[x], base[y], marker="*", s=220, c="gold", edgecolors="black",
+                     label="baseline (untuned)", zorder=5)
+    failed = runs[(runs["kind"] == "trial") & (runs["status"] != "FINISHED")]
+    title = f"{y} against {x}"
+    if len(failed):
+        title += f"  ({len(failed)} trial(s) not finished: not shown)"
+    axes.set(xlabel=f"{x} (intra-prompt LPIPS, higher = more varied)" if x == "diversity"
+             else x, ylabel=y, title=title)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def objectives_vs_params(runs: pd.DataFrame, objectives: Sequence[str],
+                         params: Sequence[str]) -> Figure:
+    """One panel per (objective, hyperparameter): every trial by status, the baseline level."""
+    rows, cols = len(objectives), max(1, len(params))
+    figure, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    trials = runs[runs["kind"] == "trial"]
+    base = runs[runs["kind"] == "baseline"]
+    for i, objective in enumerate(objectives):
+        for j, param in enumerate(params):
+            axes = grid[i][j]
+            for status, group in trials.groupby("status"):
+                if objective in group and param in group:
+                    data = _finite(group, [objective, param])
+                    axes.scatter(data[param], data[objective], label=status,
+                                 marker=STATUS_MARKERS.get(status, "s"))
+            if objective in base and base[objective].notna().any():
+                axes.axhline(base[objective].iloc[0], ls="--", c="gold", label="baseline")
+            axes.set(xlabel=param, ylabel=objective if j == 0 else None)
+            axes.grid(alpha=0.3)
+    grid[0][0].legend(fontsize=7)
+    figure.suptitle("objectives against hyperparameters")
+    figure.tight_layout()
+    return figure
+
+
+def training_curves(steps: pd.DataFrame, runs: pd.DataFrame,
+                    keys: Sequence[str] = ("loss", "eval/quality")) -> Figure:
+    """Per-step metrics of the Pareto trials (every finished trial if none is Pareto)."""
+    chosen = runs[(runs["kind"] == "trial") & runs["pareto"]]
+    if chosen.empty:
+        chosen = runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")]
+    figure, grid = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for axes, key in zip(grid[0], keys):
+        for _, run in chosen.iterrows():
+            series = steps[(steps["run_id"] == run["run_id"]) & (steps["key"] == key)]
+            series = series.sort_values("step")
+            axes.plot(series["step"], series["value"], marker="." if len(series) < 10 else None,
+                      label=str(run["trial_id"]))
+        base = steps[(steps["kind"] == "baseline") & (steps["key"] == key)]
+        if not base.empty:
+            axes.axhline(base["value"].iloc[-1], ls="--", c="gold", label="baseline")
+        axes.set(xlabel="step", ylabel=key, title=key)
+        axes.grid(alpha=0.3)
+    grid[0][0].legend(fontsize=7)
+    figure.suptitle("training curves of the Pareto trials")
+    figure.tight_layout()
+    return figure
+
+
+def interpolation_curve(table: pd.DataFrame, trial_id: str) -> Figure:
+    """Quality and diversity against the interpolation weight a (0 = base, 1 = fine-tuned)."""
+    figure, left = plt.subplots(figsize=(6, 4))
+    left.plot(table["alpha"], table["quality"], "o-", c="tab:red", label="quality")
+    left.set(xlabel="a (0 = original encoder, 1 = fine-tuned)", ylabel="quality")
+    right = left.twinx()
+    if table["diversity"].notna().any():
+        right.plot(table["alpha"], table["diversity"], "s--", c="tab:blue", label="diversity")
+    right.set_ylabel("diversity (intra-prompt LPIPS)")
+    left.set_title(f"interpolation dial, trial {trial_id}")
+    figure.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), fontsize=8)
+    left.grid(alpha=0.3)
+    return figure
+
+
+def sample_grids(grids: Sequence[tuple[str, Path]]) -> Figure:
+    """Sample grids side by side (same prompts in rows, same seeds in columns)."""
+    figure, grid = plt.subplots(1, max(1, len(grids)), figsize=(3.6 * max(1, len(grids)), 4),
+                                squeeze=False)
+    for axes, (label, path) in zip(grid[0], grids):
+        axes.imshow(plt.imread(str(path)))
+        axes.set_title(label, fontsize=9)
+        axes.axis("off")
+    figure.suptitle("held-out prompts (rows) × seeds (columns)")
+    figure.tight_layout()
+    return figure
+
+
+def cost_vs_k(runs: pd.DataFrame, steps: pd.DataFrame) -> Figure:
+    """Median step time and peak memory of each trial against its truncation depth K."""
+    trials = runs[runs["kind"] == "trial"]
+    trials = trials[trials["k"].notna()] if "k" in trials else trials.iloc[0:0]
+    step_time = (steps[steps["key"] == "step_s"].groupby("run_id")["value"].median()
+                 .rename("median_step_s"))
+    data = trials.join(step_time, on="run_id")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for status, group in data.groupby("status"):
+        marker = STATUS_MARKERS.get(status, "s")
+        left.scatter(group["k"], group["median_step_s"], marker=marker, label=status)
+        if "peak_memory_mb" in group:
+            right.scatter(group["k"], group["peak_memory_mb"], marker=marker, label=status)
+    left.set(xlabel="K (steps with gradient)", ylabel="median step time (s)",
+             title="step time against K")
+    right.set(xlabel="K (steps with gradient)", ylabel="peak memory (MiB)",
+              title="peak memory against K")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def category_breakdown(table: pd.DataFrame, metrics: Sequence[str] = ("quality",
+                                                                      "diversity_lpips")
+                       ) -> Figure:
+    """Per prompt category: each metric for the baseline and each trial (grouped bars)."""
+    present = [m for m in metrics if m in table.columns]
+    categories = sorted(table["category"].unique())
+    runs = list(dict.fromkeys(table["trial_id"]))
+    figure, grid = plt.subplots(len(present), 1, figsize=(max(6, 1.2 * len(categories)),
+                                                          3 * len(present)), squeeze=False)
+    width = 0.8 / max(1, len(runs))
+    for axes, metric in zip(grid[:, 0], present):
+        for i, run in enumerate(runs):
+            values = table[table["trial_id"] == run].set_index("category")[metric]
+            heights = [values.get(c, math.nan) for c in categories]
+            axes.bar([c + i * width for c in range(len(categories))], heights, width,
+                     label=str(run))
+        axes.set_xticks([c + 0.4 - width / 2 for c in range(len(categories))])
+        axes.set_xticklabels(categories, rotation=30, ha="right", fontsize=8)
+        axes.set_ylabel(metric)
+        axes.grid(alpha=0.3, axis="y")
+    grid[0, 0].legend(fontsize=7, ncol=min(4, len(runs)))
+    grid[0, 0].set_title("by prompt category")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,165 @@
+"""Short written readings of the study's figures, computed from the data (the notebooks and the
+report end with them). Each returns Markdown; none states a number it did not compute."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.runs import StudyRuns
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
+def _spearman(frame: pd.DataFrame, x: str, y: str) -> float | None:
+    data = frame[[x, y]].dropna() if {x, y} <= set(frame.columns) else frame.iloc[0:0]
+    if len(data) < 3 or data[x].nunique() < 2 or data[y].nunique() < 2:
+        return None
+    return float(data[x].rank().corr(data[y].rank()))
+
+
+def _direction(rho: float | None) -> str:
+    if rho is None:
+        return "too few finished trials with distinct values (< 3) to read a trend"
+    strength = "strong" if abs(rho) >= 0.7 else "weak" if abs(rho) >= 0.3 else "none"
+    trend = "no trend" if strength == "none" else f"{'rises' if rho > 0 else 'falls'} ({strength})"
+    return f"{trend}, Spearman ρ = {rho:+.2f}"
+
+
+def status_line(study: StudyRuns) -> str:
+    counts = study.trials["status"].value_counts().to_dict()
+    parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    return f"{len(study.trials)} trial(s): {parts}."
+
+
+def _baseline_value(study: StudyRuns, column: str) -> float | None:
+    base = study.baseline
+    if base.empty or column not in base or base[column].isna().all():
+        return None
+    return float(base[column].dropna().iloc[0])
+
+
+def _versus_baseline(study: StudyRuns, row: pd.Series, column: str) -> str:
+    base = _baseline_value(study, column)
+    value = row.get(column)
+    if base is None or value is None or not math.isfinite(value):
+        return f"{column} {_fmt(value)} (no baseline value)"
+    change = (value - base) / abs(base) * 100 if base else math.nan
+    return f"{column} {_fmt(value)} against the baseline's {_fmt(base)} ({change:+.1f} %)"
+
+
+def weights_vs_constraint(study: StudyRuns) -> str:
+    """Open question 1: how reward weights and the CLIP constraint λ trade quality against
+    diversity."""
+    finished = study.finished
+    lines = [status_line(study)]
+    for param in [c for c in study.hyperparameters() if c.startswith("w_")] + ["clip_constraint"]:
+        if param in finished:
+            lines.append(f"- Against `{param}`: diversity: "
+                         f"{_direction(_spearman(finished, param, 'diversity'))}; quality: "
+                         f"{_direction(_spearman(finished, param, 'quality'))}.")
+    front = finished[finished["pareto"]]
+    if not front.empty and "clip_constraint" in front:
+        lines.append(f"- {len(front)} trial(s) on the Pareto front, with λ from "
+                     f"{_fmt(float(front['clip_constraint'].min()))} to "
+                     f"{_fmt(float(front['clip_constraint'].max()))}.")
+    if not finished.empty and "quality" in finished:
+        best = finished.sort_values("quality").iloc[-1]
+        lines.append(f"- The highest-quality trial ({best['trial_id']}): "
+                     f"{_versus_baseline(study, best, 'quality')}; "
+                     f"{_versus_baseline(study, best, 'diversity')}.")
+        base_div = _baseline_value(study, "diversity")
+        if base_div is not None and "diversity" in finished:
+            lost = finished[finished["diversity"] < 0.9 * base_div]
+            lines.append(f"- {len(lost)} of {len(finished)} finished trial(s) lost more than 10 % "
+                         "of the baseline's intra-prompt diversity (a sign of mode collapse).")
+    return "\n".join(lines)
+
+
+def truncation_depth(study: StudyRuns) -> str:
+    """How the truncation depth K trades quality against cost."""
+    finished = study.finished
+    lines = [status_line(study)]
+    if "k" not in finished or finished.empty:
+        return "\n".join([*lines, "- No finished trial records K."])
+    lines.append(f"- Against K: quality: {_direction(_spearman(finished, 'k', 'quality'))}.")
+    step_time = (study.steps[study.steps["key"] == "step_s"].groupby("run_id")["value"]
+                 .median())
+    timed = finished.join(step_time.rename("median_step_s"), on="run_id")
+    per_k = timed.groupby("k")["median_step_s"].median().dropna()
+    if len(per_k) >= 2:
+        low, high = per_k.index.min(), per_k.index.max()
+        lines.append(f"- Median step time {_fmt(float(per_k[low]))} s at K = {_fmt(low)} and "
+                     f"{_fmt(float(per_k[high]))} s at K = {_fmt(high)} "
+                     f"(× {per_k[high] / per_k[low]:.2f}).")
+    elif len(per_k) == 1:
+        lines.append(f"- Only K = {_fmt(per_k.index[0])} was timed: no cost trend.")
+    if "peak_memory_mb" in timed and timed["peak_memory_mb"].notna().any():
+        memory = timed.groupby("k")["peak_memory_mb"].max().dropna()
+        lines.append("- Peak memory per K (MiB): " + ", ".join(
+            f"K={_fmt(k)}: {_fmt(float(v))}" for k, v in memory.items()) + ".")
+    return "\n".join(lines)
+
+
+def interpolation(table: pd.DataFrame, trial_id: str) -> str:
+    """How the interpolation weight a moves quality and diversity."""
+    ordered = table.sort_values("alpha")
+    q = ordered["quality"].tolist()
+    lines = [f"Trial {trial_id}, a from {_fmt(ordered['alpha'].iloc[0])} to "
+             f"{_fmt(ordered['alpha'].iloc[-1])}:",
+             f"- Quality {_fmt(q[0])} → {_fmt(q[-1])} ({'rises' if q[-1] > q[0] else 'falls'}"
+             f" from the original to the fine-tuned encoder)."]
+    steps = [b - a for a, b in zip(q, q[1:])]
+    monotone = all(s >= 0 for s in steps) or all(s <= 0 for s in steps)
+    lines.append(f"- The dial is {'monotone' if monotone else 'not monotone'} in quality over "
+                 f"{len(q)} settings.")
+    d = ordered["diversity"].tolist()
+    if all(v is not None and math.isfinite(v) for v in d):
+        lines.append(f"- Diversity {_fmt(d[0])} → {_fmt(d[-1])}.")
+    return "\n".join(lines)
+
+
+def model_size(study: StudyRuns) -> pd.DataFrame:
+    """Per model: parameter count (from the baseline), the baseline's and the best trial's
+    quality and diversity, and the gain."""
+    rows = []
+    for model, group in study.runs.groupby("model", dropna=False):
+        base = group[group["kind"] == "baseline"]
+        done = group[(group["kind"] == "trial") & (group["status"] == "FINISHED")]
+        best = done.sort_values("quality").iloc[-1] if "quality" in done and len(done) else None
+        base_q = float(base["quality"].iloc[0]) if "quality" in base and len(base) else math.nan
+        params = (float(base["model/unet_params"].iloc[0] + base["model/text_encoder_params"]
+                        .iloc[0]) if {"model/unet_params", "model/text_encoder_params"}
+                  <= set(base.columns) and len(base) else math.nan)
+        rows.append({"model": model, "parameters": params, "trials": len(done),
+                     "baseline_quality": base_q,
+                     "best_quality": float(best["quality"]) if best is not None else math.nan,
+                     "best_diversity": float(best["diversity"]) if best is not None
+                     and "diversity" in best else math.nan})
+    table = pd.DataFrame(rows)
+    table["quality_gain"] = table["best_quality"] - table["baseline_quality"]
+    return table.sort_values("parameters", ignore_index=True)
+
+
+def model_size_reading(table: pd.DataFrame) -> str:
+    """Open question 3: how results change with model size."""
+    if len(table) < 2:
+        row = table.iloc[0] if len(table) else None
+        named = f"`{row['model']}` ({_fmt(row['parameters'])} parameters)" if row is not None \
+            else "none"
+        return (f"Only one model size in this store: {named}; its best trial gains "
+                f"{_fmt(row['quality_gain'] if row is not None else None)} quality over the "
+                "baseline. Run the same study with another `base.model.source` (e.g. "
+                "`study/configs/sd15.yaml`) into this experiment to compare sizes.")
+    small, large = table.iloc[0], table.iloc[-1]
+    return (f"{len(table)} model sizes. The smallest (`{small['model']}`, "
+            f"{_fmt(small['parameters'])} parameters) gains {_fmt(small['quality_gain'])} "
+            f"quality over its baseline; the largest (`{large['model']}`, "
+            f"{_fmt(large['parameters'])}) gains {_fmt(large['quality_gain'])}.")

@@ -1,0 +1,187 @@
+"""``python -m analysis.report``: one HTML page (figures, Pareto table, every run's status, the
+per-category breakdown) from a study's MLflow store.
+
+    python -m analysis.report --tracking-uri sqlite:///mlflow.db --experiment textcraftor-study \\
+        --out reports/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots
+from analysis.runs import (
+    OBJECTIVES,
+    AnalysisError,
+    StudyRuns,
+    by_category,
+    download,
+    latest_artifact,
+    load_runs,
+    prompt_table,
+)
+
+log = logging.getLogger("analysis.report")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
+                                                                 "sqlite:///mlflow.db"))
+    parser.add_argument("--experiment", default="textcraftor-study")
+    parser.add_argument("--sweep", help="one sweep of the experiment (default: the latest)")
+    parser.add_argument("--out", required=True, help="folder for report.html and figures/")
+    parser.add_argument("--interpolation", default="best",
+                        help="trial whose interpolation dial is evaluated: a trial id, 'best' "
+                        "(highest quality on the Pareto front) or 'none'")
+    parser.add_argument("--device", default="cpu", help="device for the interpolation")
+    return parser.parse_args(argv)
+
+
+def _newest_sweep(study: StudyRuns) -> str:
+    client = study.client()
+    started = {s: max(client.get_run(r).info.start_time for r in group["run_id"])
+               for s, group in study.runs.groupby("sweep")}
+    return max(started, key=started.get)
+
+
+def best_trial(study: StudyRuns) -> str | None:
+    front = study.finished[study.finished["pareto"]]
+    if front.empty or "quality" not in front:
+        return None
+    return str(front.sort_values("quality").iloc[-1]["trial_id"])
+
+
+def build_report(study: StudyRuns, out: Path, interpolation: str = "best",
+                 device: str = "cpu") -> Path:
+    """Write ``out/report.html`` and ``out/figures/*``; returns the page's path."""
+    figures = out / "figures"
+    sections: list[str] = []
+    runs, steps = study.runs, study.steps
+    objectives = [o for o in OBJECTIVES if o in runs.columns]
+
+    def figure(name: str, fig, caption: str) -> None:
+        paths = plots.save_figure(fig, figures, name)
+        sections.append(f'<figure><img src="figures/{paths["png"].name}" alt="{name}">'
+                        f'<figcaption>{html.escape(caption)} '
+                        f'(<a href="figures/{paths["svg"].name}">SVG</a>)</figcaption></figure>')
+
+    sections.append("<h2>Runs</h2>" + _table(_status_view(runs)))
+    sections.append("<h2>Pareto front</h2>" + _table(_pareto_view(study)))
+    if {"quality", "diversity"} <= set(runs.columns):
+        figure("quality_vs_diversity", plots.quality_vs_diversity(runs),
+               "Quality against diversity: the Pareto front in red, the untuned baseline as a "
+               "star.")
+    params = study.hyperparameters()
+    if objectives and params:
+        figure("objectives_vs_params", plots.objectives_vs_params(runs, objectives, params),
+               "Each objective against each hyperparameter; the dashed line is the baseline.")
+    if not steps.empty:
+        figure("training_curves", plots.training_curves(steps, runs),
+               "Loss and held-out quality of the Pareto trials over training.")
+        figure("cost_vs_k", plots.cost_vs_k(runs, steps),
+               "Cost of truncated back-propagation: median step time and peak memory against K.")
+    grids = _sample_grids(study, out / "grids")
+    if grids:
+        figure("samples", plots.sample_grids(grids),
+               "The same held-out prompts and seeds: baseline beside the Pareto trials.")
+    prompts = prompt_table(study)
+    if not prompts.empty and prompts["category"].notna().any():
+        categories = by_category(prompts)
+        figure("by_category", plots.category_breakdown(categories),
+               "Quality and diversity per prompt category (where collapse happens).")
+        sections.append("<h2>By category</h2>" + _table(categories))
+    trial = best_trial(study) if interpolation == "best" else (
+        None if interpolation == "none" else interpolation)
+    if trial is not None:
+        from analysis.interpolation import evaluate_interpolation
+
+        try:
+            table = evaluate_interpolation(study, trial, device=device)
+        except AnalysisError as error:  # e.g. the checkpoint is gone: say so, keep the rest
+            sections.append(f"<h2>Interpolation</h2><p>not evaluated: "
+                            f"{html.escape(str(error))}</p>")
+        else:
+            figure("interpolation", plots.interpolation_curve(table, trial),
+                   f"Interpolating the original and fine-tuned encoders of trial {trial}.")
+            sections.append("<h2>Interpolation</h2>"
+                            + _table(table[["alpha", "quality", "diversity"]]))
+    title = f"TextCraftor study: {study.experiment}"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>tracking URI <code>{html.escape(study.tracking_uri)}</code>; "
+            f"{len(study.trials)} trial(s), {len(study.baseline)} baseline run(s)</p>"
+            + "\n".join(sections) + "</body></html>")
+    return _write_atomic(out / "report.html", page)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+         "padding:2px 6px}figure{margin:1.5em 0}img{max-width:100%}")
+
+
+def _status_view(runs: pd.DataFrame) -> pd.DataFrame:
+    columns = ["sweep", "kind", "trial_id", "status", "quality", "diversity", "missing", "error"]
+    return runs[[c for c in columns if c in runs.columns]]
+
+
+def _pareto_view(study: StudyRuns) -> pd.DataFrame:
+    columns = ["trial_id", "pareto", *[o for o in OBJECTIVES if o in study.runs],
+               *study.hyperparameters()]
+    front = study.finished.sort_values("pareto", ascending=False)
+    return pd.concat([study.baseline, front])[[c for c in ["kind", *columns]
+                                               if c in study.runs]]
+
+
+def _sample_grids(study: StudyRuns, into: Path) -> list[tuple[str, Path]]:
+    client = study.client()
+    chosen = pd.concat([study.baseline, study.finished[study.finished["pareto"]]])
+    grids = []
+    for _, run in chosen.iterrows():
+        path = latest_artifact(client, run["run_id"], "samples")
+        if path is not None:
+            label = "baseline" if run["kind"] == "baseline" else f"trial {run['trial_id']}"
+            grids.append((label, download(client, run["run_id"], path, into / run["run_id"])))
+    return grids
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–",
+                         escape=True)
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(argv)
+    try:
+        study = load_runs(args.tracking_uri, args.experiment, args.sweep)
+        if args.sweep is None and study.runs["sweep"].nunique() > 1:
+            study = load_runs(args.tracking_uri, args.experiment, _newest_sweep(study))
+        path = build_report(study, Path(args.out), args.interpolation, args.device)
+    except AnalysisError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""MLflow → tidy pandas tables: one row per run (trials and the baseline) and a long table of
+step metrics. Failed and unfinished runs are kept, with their status, never dropped."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from study.summary import pareto_flags
+from study.tracking import KIND_TAG, SWEEP_TAG, TRIAL_TAG
+
+OBJECTIVES = ("quality", "diversity")
+RUN_KINDS = ("baseline", "trial")
+# the searched hyperparameters' flat names (study.config.SearchSpace.params) besides w_<reward>
+HYPERPARAMETERS = ("clip_constraint", "k", "lr")
+
+
+class AnalysisError(ValueError):
+    """The store cannot answer the question asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    tracking_uri: str
+    experiment: str
+    runs: pd.DataFrame  # one row per run: sweep, trial_id, kind, status, run_id, params, metrics
+    steps: pd.DataFrame  # long: run_id, trial_id, kind, key, step, value
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        return self.runs[self.runs["kind"] == "trial"]
+
+    @property
+    def baseline(self) -> pd.DataFrame:
+        return self.runs[self.runs["kind"] == "baseline"]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.trials[self.trials["status"] == "FINISHED"]
+
+    def hyperparameters(self) -> list[str]:
+        """Hyperparameter columns that vary or exist across trials (w_<reward>, λ, K, lr)."""
+        names = [c for c in self.runs.columns if c.startswith("w_")] + list(HYPERPARAMETERS)
+        return [c for c in names if c in self.runs.columns]
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+
+def load_runs(tracking_uri: str, experiment: str, sweep: str | None = None,
+              objectives: Sequence[str] = OBJECTIVES) -> StudyRuns:
+    """Every trial and baseline run of ``experiment`` (of one ``sweep`` when given)."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise AnalysisError(f"no MLflow experiment {experiment!r} at {tracking_uri}; "
+                            f"experiments there: {names or 'none'}")
+    condition = f"tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else ""
+    runs = [r for r in client.search_runs([found.experiment_id], condition, max_results=50000)
+            if r.data.tags.get(KIND_TAG) in RUN_KINDS]
+    if not runs:
+        where = f"sweep {sweep!r} of " if sweep else ""
+        raise AnalysisError(f"{where}experiment {experiment!r} at {tracking_uri} has no trial or "
+                            "baseline runs: run `python -m study.sweep` first")
+    rows = [_run_row(r, objectives) for r in runs]
+    table = pd.DataFrame(rows).sort_values(["sweep", "kind", "trial_id"], ignore_index=True)
+    table["pareto"] = _pareto(table, objectives)
+    steps = pd.DataFrame([point for r in runs for point in _history(client, r)],
+                         columns=["run_id", "trial_id", "kind", "key", "step", "value"])
+    return StudyRuns(tracking_uri, experiment, table, steps)
+
+
+def _run_row(run, objectives: Sequence[str]) -> dict:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    row = {
+        "sweep": tags.get(SWEEP_TAG),
+        "trial_id": tags.get(TRIAL_TAG),
+        "kind": tags.get(KIND_TAG),
+        "status": run.info.status,
+        "run_id": run.info.run_id,
+        "error": _last_line(tags.get("error")),
+        "checkpoint": tags.get("checkpoint"),
+        "run_dir": tags.get("run_dir"),
+        "model": params.get("base.model.source"),
+        "missing": ",".join(o for o in objectives if o not in metrics),
+    }
+    for name, value in params.items():
+        if not name.startswith("base."):
+            row[name] = _number(value)
+    row.update(metrics)
+    return row
+
+
+def _pareto(table: pd.DataFrame, objectives: Sequence[str]) -> list[bool]:
+    """Pareto flags among each sweep's finished trials with every objective."""
+    flags = pd.Series(False, index=table.index)
+    for _, group in table.groupby("sweep"):
+        eligible = group[(group["kind"] == "trial") & (group["status"] == "FINISHED")]
+        points = [[row.get(o, math.nan) for o in objectives] for _, row in eligible.iterrows()]
+        for index, pareto in zip(eligible.index, pareto_flags(points)):
+            flags[index] = pareto
+    return flags.tolist()
+
+
+def _history(client: MlflowClient, run) -> list[tuple]:
+    tags = run.data.tags
+    return [(run.info.run_id, tags.get(TRIAL_TAG), tags.get(KIND_TAG), key, m.step, m.value)
+            for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+
+
+def _number(value: str):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
+def _last_line(text: str | None) -> str | None:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else None
+
+
+# --- artifacts ------------------------------------------------------------------------------
+
+
+def latest_artifact(client: MlflowClient, run_id: str, folder: str) -> str | None:
+    """The last ``folder/step_N.*`` artifact of a run (by step), or None."""
+    names = sorted(a.path for a in client.list_artifacts(run_id, folder) if not a.is_dir)
+    return names[-1] if names else None
+
+
+def download(client: MlflowClient, run_id: str, path: str, into: Path | None = None) -> Path:
+    into = into or Path(tempfile.mkdtemp(prefix="textcraftor-analysis-"))
+    return Path(client.download_artifacts(run_id, path, str(into)))
+
+
+def prompt_table(study: StudyRuns, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-prompt evaluation rows (category, rewards, quality, diversity) of each run's latest
+    evaluation: run_id, trial_id, kind, step, prompt, category, <metrics>. Runs without an
+    evaluation table are absent."""
+    client = study.client()
+    chosen = study.runs if run_ids is None else study.runs[study.runs["run_id"].isin(run_ids)]
+    frames = []
+    for _, run in chosen.iterrows():
+        path = latest_artifact(client, run["run_id"], "eval")
+        if path is None:
+            continue
+        data = json.loads(download(client, run["run_id"], path).read_text())
+        frame = pd.DataFrame(data["prompts"])
+        frame.insert(0, "step", data["step"])
+        for column in ("kind", "trial_id", "run_id"):
+            frame.insert(0, column, run[column])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def by_category(prompts: pd.DataFrame, metrics: Sequence[str] = ("quality", "diversity_lpips")
+                ) -> pd.DataFrame:
+    """Mean of each metric per run and prompt category (uncategorised prompts: "(none)")."""
+    if prompts.empty:
+        raise AnalysisError("no per-prompt evaluation tables in these runs")
+    present = [m for m in metrics if m in prompts.columns]
+    frame = prompts.assign(category=prompts["category"].fillna("(none)"))
+    return (frame.groupby(["kind", "trial_id", "category"], as_index=False)[present].mean()
+            .sort_values(["category", "kind", "trial_id"], ignore_index=True))

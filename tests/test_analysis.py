@@ -1,0 +1,181 @@
+"""The analysis package against a real tiny sweep's MLflow store: tidy tables, the per-category
+breakdown, the HTML report opened in headless Chromium, the four notebooks executed top to
+bottom, and the runs served by a real ``mlflow server`` over its REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from sweep_helpers import mlflow_server, rest
+
+from analysis.runs import AnalysisError, by_category, load_runs, prompt_table
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "textcraftor-study"
+
+
+@pytest.fixture(scope="module")
+def store(tiny_sweep):
+    tmp, summary, _ = tiny_sweep
+    return f"sqlite:///{tmp / 'mlflow.db'}", tmp, summary
+
+
+def test_runs_table_keeps_failed_trials_and_the_baseline(store):
+    uri, _, summary = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    assert len(study.trials) == 3 and len(study.baseline) == 1
+    assert sorted(study.trials["status"]) == ["FAILED", "FINISHED", "FINISHED"]
+    failed = study.trials[study.trials["status"] == "FAILED"].iloc[0]
+    assert "non-finite loss" in failed["error"]
+    assert not failed["pareto"]  # never on the front, never dropped
+    base = study.baseline.iloc[0]
+    assert base["status"] == "FINISHED"
+    for name in ("quality", "diversity", "eval/aesthetic", "eval/clip", "eval/diversity_clip",
+                 "eval/kid", "eval/fid", "eval/num_images"):
+        assert name in study.runs and study.runs[name].notna().all() or name in base, name
+    # the baseline is its own reference: KID/FID ≈ 0 at N = 4 prompts × 2 seeds
+    assert base["eval/num_images"] == 8
+    assert abs(base["eval/kid"]) < 1e-3 and abs(base["eval/fid"]) < 1e-3
+    assert set(study.hyperparameters()) >= {"w_aesthetic", "clip_constraint", "k"}
+    # same Pareto decisions as the sweep's own summary
+    pareto = {t["trial_id"]: t["pareto"] for t in summary["trials"]}
+    assert {r.trial_id: bool(r.pareto) for r in study.trials.itertuples()} == pareto
+    loss = study.steps[(study.steps["key"] == "loss")]
+    assert set(loss.groupby("run_id")["step"].max()) <= {1, 4}
+    assert 4 in set(loss["step"])
+
+
+def test_category_breakdown_covers_the_heldout_categories(store):
+    uri, _, _ = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    prompts = prompt_table(study)
+    assert set(prompts["kind"]) == {"baseline", "trial"}
+    assert prompts.groupby("run_id").size().eq(4).all()  # 4 held-out prompts each
+    assert prompts["category"].notna().all()
+    table = by_category(prompts)
+    assert set(table["category"]) == set(prompts["category"])
+    assert {"quality", "diversity_lpips"} <= set(table.columns)
+    assert table["diversity_lpips"].gt(0).all()
+
+
+def test_bad_input_is_named(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    with pytest.raises(AnalysisError, match="no MLflow experiment 'nope'.*experiments there"):
+        load_runs(uri, "nope")
+    experiment = client.create_experiment("empty")
+    with pytest.raises(AnalysisError, match="no trial or baseline runs"):
+        load_runs(uri, "empty")
+    # a trial that never reported an objective is shown with what is missing
+    tags = {"textcraftor.kind": "trial", "textcraftor.sweep": "s", "textcraftor.trial_id": "t"}
+    run = client.create_run(experiment, tags=tags)
+    client.log_metric(run.info.run_id, "quality", 1.0)
+    study = load_runs(uri, "empty")
+    row = study.trials.iloc[0]
+    assert row["status"] == "RUNNING" and row["missing"] == "diversity" and not row["pareto"]
+
+
+def chromium_image_check(report: Path) -> dict:
+    """Open a copy of the report (same folder, so the same relative image paths) in headless
+    Chromium with a script that records, after load, how many images decoded."""
+    probe = report.with_name("probe.html")
+    script = ("<script>window.addEventListener('load', () => {const i = [...document.images];"
+              "document.body.setAttribute('data-check', JSON.stringify({total: i.length, "
+              "loaded: i.filter(x => x.complete && x.naturalWidth > 0).length}));});</script>")
+    probe.write_text(report.read_text().replace("</body>", script + "</body>"))
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed (.ci/run installs it)"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={report.parent / '.chromium'}", "--virtual-time-budget=10000",
+         "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r"data-check=\"([^\"]+)\"", result.stdout)
+    assert found, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def test_report_opens_in_chromium_with_every_image(store, run_module, tmp_path):
+    uri, _, _ = store
+    out = tmp_path / "report"
+    result = run_module("analysis.report", "--tracking-uri", uri, "--experiment", EXPERIMENT,
+                        "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    page = (out / "report.html").read_text()
+    for figure in ("quality_vs_diversity", "objectives_vs_params", "training_curves",
+                   "cost_vs_k", "samples", "by_category", "interpolation"):
+        assert (out / "figures" / f"{figure}.png").is_file(), figure
+        assert (out / "figures" / f"{figure}.svg").is_file(), figure
+        assert f"figures/{figure}.png" in page
+    assert "FAILED" in page and "Pareto front" in page and "By category" in page
+    check = chromium_image_check(out / "report.html")
+    assert check["total"] >= 7 and check["loaded"] == check["total"], check
+
+
+def test_report_on_unknown_experiment_fails_clearly(store, run_module, tmp_path):
+    uri, _, _ = store
+    result = run_module("analysis.report", "--tracking-uri", uri, "--experiment", "missing",
+                        "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "no MLflow experiment 'missing'" in result.stderr
+
+
+NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, tmp_path):
+    import nbformat
+    import papermill
+
+    uri, _, _ = store
+    assert [n.name for n in NOTEBOOKS] == [
+        "01_weights_vs_constraint.ipynb", "02_truncation_depth.ipynb",
+        "03_interpolation.ipynb", "04_model_size.ipynb"]
+    env = {"PYTHONPATH": str(REPO)}
+    os.environ.update(env)
+    for notebook in NOTEBOOKS:
+        out = tmp_path / notebook.name
+        papermill.execute_notebook(str(notebook), str(out), kernel_name="python3",
+                                   parameters={"tracking_uri": uri, "experiment": EXPERIMENT,
+                                               "sweep": "e2e"}, cwd=str(REPO), progress_bar=False)
+        cells = nbformat.read(out, as_version=4).cells
+        code = [c for c in cells if c.cell_type == "code"]
+        assert all(c.execution_count for c in code if c.source.strip()), notebook.name
+        reading = [o for o in code[-1].outputs if "text/markdown" in o.get("data", {})]
+        assert reading, f"{notebook.name}: no reading"
+        text = reading[0]["data"]["text/markdown"]
+        assert len(text) > 40 and re.search(r"\d", text), text
+        figures = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+        assert figures, f"{notebook.name}: no figure"
+
+
+def test_mlflow_server_serves_the_sweep_over_rest(store):
+    uri, tmp, summary = store
+    with mlflow_server(uri, tmp) as (base, _):
+        experiment = rest(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+                          + EXPERIMENT)["experiment"]
+        runs = rest(base, "/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [experiment["experiment_id"]],
+            "filter": "tags.`textcraftor.sweep` = 'e2e'", "max_results": 100})["runs"]
+        kinds = sorted(next(t["value"] for t in r["data"]["tags"]
+                            if t["key"] == "textcraftor.kind") for r in runs)
+        assert kinds == ["baseline", "sweep", "trial", "trial", "trial"]
+        done = [t for t in summary["trials"] if t["status"] == "TERMINATED"]
+        for trial in done:
+            run_id = trial["mlflow_run_id"]
+            history = rest(base, f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}"
+                           "&metric_key=loss")
+            assert [m["step"] for m in history["metrics"]][-1] == 4
+            listed = rest(base, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=samples")
+            assert "samples/step_0000004.png" in [f["path"] for f in listed["files"]]
+            with urllib.request.urlopen(f"{base}/get-artifact?path=samples/step_0000004.png"
+                                        f"&run_uuid={run_id}", timeout=30) as response:
+                assert response.read(8) == b"\x89PNG\r\n\x1a\n"
