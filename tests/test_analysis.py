@@ -84,6 +84,21 @@ def test_bad_input_is_named(tmp_path):
     assert row["status"] == "RUNNING" and row["missing"] == "diversity" and not row["pareto"]
 
 
+def test_interpolation_ends_are_the_baseline_and_the_trial(store):
+    """a = 0 re-measures the untuned model, a = 1 the trial's last checkpoint: both must give
+    what the sweep logged (same prompts, seeds and metric networks in another process)."""
+    from analysis.interpolation import evaluate_interpolation
+
+    uri, _, _ = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    trial = study.finished.iloc[0]
+    table = evaluate_interpolation(study, trial["trial_id"], alphas=(0.0, 1.0))
+    base = study.baseline.iloc[0]
+    for column in ("quality", "diversity"):
+        assert table[column].iloc[0] == pytest.approx(base[column], abs=1e-4), column
+        assert table[column].iloc[1] == pytest.approx(trial[column], abs=1e-4), column
+
+
 def chromium_image_check(report: Path) -> dict:
     """Open a copy of the report (same folder, so the same relative image paths) in headless
     Chromium with a script that records, after load, how many images decoded."""

@@ -144,3 +144,14 @@ def test_cmmd_is_zero_for_a_set_with_itself_and_grows_for_different_sets(clip_re
     near = cmmd(images, noise(10, seed=5), clip)
     far = cmmd(images, flat_colours(10), clip)
     assert far > near > 0
+
+
+def test_random_lpips_trunk_is_the_same_in_every_process():
+    """Diversity is compared across trials, the baseline and the analysis, each its own process
+    with its own RNG state: the offline trunk must not depend on it."""
+    torch.manual_seed(123)
+    first = LPIPSDistance(pretrained_trunk=False)
+    torch.manual_seed(456)
+    second = LPIPSDistance(pretrained_trunk=False)
+    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    assert torch.equal(first(a, b), second(a, b))

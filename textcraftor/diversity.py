@@ -15,13 +15,16 @@ ImageDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class LPIPSDistance(torch.nn.Module):
     """LPIPS (AlexNet) on images in [0,1]. ``pretrained_trunk=False`` uses a random trunk with the
     shipped linear heads — it works offline, for tests only; real use downloads torchvision's
-    AlexNet weights."""
+    AlexNet weights. The random trunk is drawn from a fixed seed, so every process (each trial,
+    the baseline, the analysis) measures with the same network."""
 
-    def __init__(self, pretrained_trunk: bool = True, net: str = "alex"):
+    def __init__(self, pretrained_trunk: bool = True, net: str = "alex", seed: int = 0):
         super().__init__()
         import lpips
 
-        self.model = lpips.LPIPS(net=net, pnet_rand=not pretrained_trunk, verbose=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = lpips.LPIPS(net=net, pnet_rand=not pretrained_trunk, verbose=False)
         self.model.requires_grad_(False).eval()
 
     @torch.no_grad()
