@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from textcraftor.configio import (
 )
 
 SAMPLERS = ("tpe", "nsga2", "random")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCHEDULERS = ("fifo", "asha")
 OBJECTIVES = ("quality", "diversity")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -133,6 +135,9 @@ class ResourcesConfig:
     trial_cpus: float = 0.1  # the Tune trial process that drives the TorchTrainer
     max_failures: int = 2  # Ray Train restarts of a failed worker group (from its checkpoint)
     torch_threads: int = 0  # intra-op threads per worker; 0 = max(1, cpus_per_worker)
+    placement_strategy: str = "PACK"  # Ray placement of a trial's workers (SPREAD: across nodes)
+    trial_resources: Mapping[str, float] = field(  # custom resources of the trial process, e.g.
+        default_factory=lambda: types.MappingProxyType({}))  # {head_node: 0.01}: on the head
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 1, "resources.num_workers",
@@ -141,6 +146,25 @@ class ResourcesConfig:
         require(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "must be >= 0")
         require(self.trial_cpus > 0, "resources.trial_cpus", "must be > 0")
         require(self.max_failures >= 0, "resources.max_failures", "must be >= 0")
+        require_choice(self.placement_strategy, "resources.placement_strategy",
+                       PLACEMENT_STRATEGIES)
+        object.__setattr__(self, "trial_resources", types.MappingProxyType(
+            {str(k): float(v) for k, v in self.trial_resources.items()}))
+        for name, amount in self.trial_resources.items():
+            require(amount > 0 and name not in ("CPU", "GPU"),
+                    f"resources.trial_resources.{name}",
+                    "custom resources only (CPU is trial_cpus), each > 0")
+
+    def trial_bundle(self) -> dict[str, float]:
+        """What the Tune trial process itself holds."""
+        return {"CPU": self.trial_cpus, **self.trial_resources}
+
+    def worker_bundle(self) -> dict[str, float]:
+        """What each Ray Train worker holds."""
+        bundle = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            bundle["GPU"] = self.gpus_per_worker
+        return bundle
 
 
 @dataclass(frozen=True)
@@ -160,7 +184,8 @@ class StudyConfig:
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what is maximised
     tuner: TunerConfig = field(default_factory=TunerConfig)  # Optuna + Tune settings
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per trial
-    results_dir: str = "sweeps"  # <results_dir>/<name>/ holds summary.json, Ray and Optuna state
+    results_dir: str = "sweeps"  # <results_dir>/<name>/: summary.json, Ray and Optuna state; a
+    #                              URI (s3://…) keeps Ray Tune/Train state there, the rest local
     tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     experiment: str = "textcraftor-study"  # MLflow experiment
     fault_injection: FaultInjection | None = None  # testing: make chosen trials fail
@@ -181,8 +206,25 @@ class StudyConfig:
                            tuple(self.search.params()))
 
     @property
+    def remote_results(self) -> bool:
+        return "://" in self.results_dir
+
+    @property
     def sweep_dir(self) -> Path:
+        """The driver's local folder: summary.json, optuna.db, the baseline; and, for a local
+        results_dir, Ray's state and the trials' run folders (a shared file system on a
+        cluster). With a URI results_dir: $TEXTCRAFTOR_LOCAL_SWEEPS (~/textcraftor-sweeps)."""
+        if self.remote_results:
+            local = os.environ.get("TEXTCRAFTOR_LOCAL_SWEEPS", "~/textcraftor-sweeps")
+            return Path(local).expanduser().resolve() / self.name
         return Path(self.results_dir).expanduser().resolve() / self.name
+
+    @property
+    def storage_dir(self) -> str:
+        """Where Ray Tune and Ray Train persist state and checkpoints: every node reaches it."""
+        if self.remote_results:
+            return f"{self.results_dir.rstrip('/')}/{self.name}"
+        return str(self.sweep_dir)
 
 
 def default_config_path() -> Path:

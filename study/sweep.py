@@ -62,16 +62,44 @@ def load_study(args: argparse.Namespace) -> StudyConfig:
         overrides.append(f"tuner.num_samples={args.num_samples}")
     study = load_study_config(args.config, overrides, results_dir=args.results_dir,
                               tracking_uri=args.tracking_uri)
+    if study.remote_results:
+        return study
     # Absolute, here: trials run with Tune's per-trial working directory as their cwd.
     return replace(study, results_dir=str(Path(study.results_dir).expanduser().resolve()))
 
 
+def tune_state(study: StudyConfig) -> tuple[str, bool]:
+    """Where Ray Tune keeps the sweep's state, and whether it is there."""
+    path = f"{study.storage_dir}/{TUNE_DIR}"
+    if not study.remote_results:
+        return path, Path(path).exists()
+    from ray import tune
+
+    return path, tune.Tuner.can_restore(path)
+
+
+def check_remote_storage(uri: str) -> None:
+    """Every node writes checkpoints there: fail now, not in the first trial."""
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        filesystem.create_dir(path, recursive=True)
+        with filesystem.open_output_stream(f"{path}/.write-test") as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(f"{path}/.write-test")
+    except Exception as error:  # credentials, bucket, scheme: pyarrow raises several types
+        raise SweepError(f"results storage {uri} is not writable: {error}") from None
+
+
 def check_sweep_dir(study: StudyConfig, resume: bool) -> Path:
     sweep_dir = study.sweep_dir
-    state = sweep_dir / TUNE_DIR
-    if resume and not state.is_dir():
+    if study.remote_results:
+        check_remote_storage(study.storage_dir)
+    state, exists = tune_state(study)
+    if resume and not exists:
         raise SweepError(f"--resume: no sweep state at {state}; run without --resume first")
-    if not resume and state.exists():
+    if not resume and exists:
         raise SweepError(f"sweep {study.name!r} already exists at {sweep_dir}; pass --resume to "
                          "continue it, or choose another name (--set name=...) or --results-dir")
     try:
@@ -96,6 +124,7 @@ def start_ray(address: str | None) -> None:
 
     runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     if address:
+        check_gcs_reachable(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
@@ -107,20 +136,46 @@ def start_ray(address: str | None) -> None:
                  logging_level=logging.WARNING)
 
 
-def check_resources(study: StudyConfig) -> None:
-    """A trial that cannot fit the cluster would wait forever: say so instead."""
+def check_gcs_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """``ray.init`` retries an unreachable host:port for minutes: probe it first."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto" and friends: ray.init fails fast itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise SweepError(f"no Ray cluster at {address!r}: {error}") from None
+
+
+def check_resources(study: StudyConfig, address: str | None) -> bool:
+    """A trial that cannot fit would wait forever. Locally that is an error; on a cluster
+    (``address``) the autoscaler is asked for one trial's worth and trials wait for it.
+    Returns whether resources were requested (release them at the end)."""
     import ray
 
     r = study.resources
     total = ray.cluster_resources()
-    need_cpu = r.trial_cpus + r.num_workers * r.cpus_per_worker
-    need_gpu = r.num_workers * r.gpus_per_worker
-    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    if need_cpu > have_cpu + 1e-9 or need_gpu > have_gpu + 1e-9:
+    need = {"CPU": r.trial_cpus + r.num_workers * r.cpus_per_worker,
+            "GPU": r.num_workers * r.gpus_per_worker, **r.trial_resources}
+    short = {k: v for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+    if not short:
+        return False
+    needs = " and ".join(f"{v:g} {k}" for k, v in need.items() if v or k in short)
+    has = " and ".join(f"{total.get(k, 0.0):g} {k}" for k in need if need[k] or k in short)
+    if address is None:
         raise SweepError(
-            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU (trial_cpus + num_workers × "
-            f"per-worker resources) but the cluster has {have_cpu:g} CPU and {have_gpu:g} GPU; "
-            "lower resources.num_workers / cpus_per_worker / gpus_per_worker or add nodes")
+            f"one trial needs {needs} (trial_cpus + trial_resources + num_workers × per-worker "
+            f"resources) but the cluster has {has}; lower resources.num_workers / "
+            "cpus_per_worker / gpus_per_worker or add nodes")
+    from ray.autoscaler.sdk import request_resources
+
+    log.warning("one trial needs %s but the cluster has %s now: asking the autoscaler for it; "
+                "trials wait until nodes join (without an autoscaler they wait forever)",
+                needs, has)
+    request_resources(bundles=[r.trial_bundle()] + [r.worker_bundle()] * r.num_workers)
+    return True
 
 
 def make_searcher(study: StudyConfig):
@@ -151,15 +206,14 @@ def make_trainable(study: StudyConfig):
     from study.trial import run_trial
 
     return tune.with_resources(tune.with_parameters(run_trial, study=to_dict(study)),
-                               {"CPU": study.resources.trial_cpus})
+                               study.resources.trial_bundle())
 
 
 def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
     from ray import tune
 
-    path = study.sweep_dir / TUNE_DIR
     if resume:
-        return tune.Tuner.restore(str(path), trainable=make_trainable(study),
+        return tune.Tuner.restore(tune_state(study)[0], trainable=make_trainable(study),
                                   resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
     scheduler = None
@@ -173,7 +227,7 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
         tune_config=tune.TuneConfig(search_alg=make_searcher(study), scheduler=scheduler,
                                     num_samples=study.tuner.num_samples,
                                     max_concurrent_trials=study.tuner.max_concurrent),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(study.sweep_dir),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=study.storage_dir,
                                   callbacks=callbacks),
     )
 
@@ -220,7 +274,7 @@ def overhead(trials: list[dict[str, Any]], sweep_wall_s: float) -> dict[str, flo
 
 def baseline_record(tracker: SweepTracker) -> dict[str, Any] | None:
     """The baseline's status and objectives, for summary.json."""
-    run = tracker.baseline_run()
+    run = tracker.safely(tracker.baseline_run)
     if run is None:
         return None
     metrics = run.data.metrics
@@ -239,19 +293,51 @@ def _error(trial) -> str | None:
 
 
 def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = False) -> dict:
-    from study.baseline import run_baseline
-    from study.space import trial_params
-    from study.tracking import MlflowTrialCallback
-
     uri = resolve_tracking_uri(study.tracking_uri)
     check_tracking_uri(uri)
     sweep_dir = check_sweep_dir(study, resume)
     start_ray(address)
-    check_resources(study)
+    requested = check_resources(study, address)
     tracker = SweepTracker(uri, study.experiment, study.name)
+    try:
+        summary = _track_and_tune(study, tracker, resume, uri)
+    finally:
+        if requested:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])  # let the autoscaler scale down
+    write_summary(sweep_dir / "summary.json", summary)
+    if study.remote_results:
+        upload(sweep_dir / "summary.json", f"{study.storage_dir}/summary.json")
+    table = pareto_table(summary)
+    unfinished = [t for t in summary["trials"] if t["status"] not in ("TERMINATED", "ERROR")]
+    parent = tracker.parent_id
+    tracker.safely(lambda: tracker.client.log_artifact(parent, str(sweep_dir / "summary.json")))
+    tracker.safely(lambda: tracker.client.log_text(parent, table, "pareto.txt"))
+    tracker.safely(lambda: tracker.close_orphans("KILLED"))
+    tracker.safely(lambda: tracker.finish(parent, "KILLED" if unfinished else "FINISHED"))
+    if tracker.errors and summary["tracking_errors"] != tracker.errors:
+        summary["tracking_errors"] = list(tracker.errors)
+        write_summary(sweep_dir / "summary.json", summary)
+    print(table)
+    if unfinished:
+        print(f"\n{len(unfinished)} trial(s) unfinished: continue with --resume", file=sys.stderr)
+    if tracker.errors:
+        print(f"warning: MLflow tracking lost during the sweep ({tracker.errors[0]}); "
+              f"summary.json has every trial", file=sys.stderr)
+    return summary
+
+
+def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool,
+                    uri: str) -> dict[str, Any]:
+    from study.baseline import run_baseline
+    from study.space import trial_params
+    from study.tracking import MlflowTrialCallback
+
     if not resume:
-        tracker.log_params(tracker.parent_id, flatten(to_dict(study)))
-        tracker.client.log_dict(tracker.parent_id, to_dict(study), "study_config.json")
+        tracker.safely(lambda: tracker.log_params(tracker.parent_id, flatten(to_dict(study))))
+        tracker.safely(lambda: tracker.client.log_dict(tracker.parent_id, to_dict(study),
+                                                       "study_config.json"))
     run_baseline(study, tracker)
     callback = MlflowTrialCallback(
         tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
@@ -263,18 +349,17 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     summary.update({"name": study.name, "mlflow_parent_run_id": tracker.parent_id,
                     "tracking_uri": uri, "experiment": study.experiment,
                     "overhead": overhead(summary["trials"], time.perf_counter() - started),
-                    "baseline": baseline_record(tracker)})
-    write_summary(sweep_dir / "summary.json", summary)
-    tracker.client.log_artifact(tracker.parent_id, str(sweep_dir / "summary.json"))
-    table = pareto_table(summary)
-    tracker.client.log_text(tracker.parent_id, table, "pareto.txt")
-    unfinished = [t for t in summary["trials"] if t["status"] not in ("TERMINATED", "ERROR")]
-    tracker.close_orphans("KILLED")
-    tracker.finish(tracker.parent_id, "KILLED" if unfinished else "FINISHED")
-    print(table)
-    if unfinished:
-        print(f"\n{len(unfinished)} trial(s) unfinished: continue with --resume", file=sys.stderr)
+                    "baseline": baseline_record(tracker),
+                    "tracking_errors": list(tracker.errors)})
     return summary
+
+
+def upload(local: Path, uri: str) -> None:
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(local.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ray Train gives a worker group 60 s to start; on a busy small machine importing torch in
     # each worker can take longer (the resources themselves are checked before the sweep).
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    # A tracking server that went away must not stall the sweep for minutes per call
+    # (MLflow's default: 7 retries with exponential back-off); see SweepTracker.safely.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = parse_args(argv)
     try:
         study = load_study(args)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -28,6 +28,9 @@ SWEEP_TAG, TRIAL_TAG, KIND_TAG = "textcraftor.sweep", "textcraftor.trial_id", "t
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
               "time_since_restore", "iterations_since_restore", "done", "step", "config",
               "step_history"}
+
+
+T = TypeVar("T")
 
 
 class TrackingError(RuntimeError):
@@ -74,6 +77,8 @@ class SweepTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str):
         self.client = MlflowClient(tracking_uri)
+        self.uri = tracking_uri
+        self.errors: list[str] = []  # why tracking stopped (empty while it works)
         self.sweep_name = sweep_name
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found
@@ -82,6 +87,21 @@ class SweepTracker:
         self._children: dict[str, str] = {}
         for run in self._search(f"tags.`{KIND_TAG}` = 'trial'"):
             self._children[run.data.tags[TRIAL_TAG]] = run.info.run_id
+
+    def safely(self, action: Callable[[], T]) -> T | None:
+        """Run one tracking action; the first failure (e.g. the server went away) is reported
+        once and stops tracking for the rest of the sweep. Training never waits on MLflow."""
+        if self.errors:
+            return None
+        try:
+            return action()
+        except Exception as error:  # any MLflow/HTTP/DB failure: report it, never raise
+            self.errors.append(f"{type(error).__name__}: {error}"[:1000])
+            message = (f"MLflow tracking lost ({self.uri}): {self.errors[0]}; trials keep "
+                       "training, results stay in summary.json and the trial folders")
+            log.error(message)
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+            return None
 
     def _search(self, condition: str):
         query = f"tags.`{SWEEP_TAG}` = '{self.sweep_name}' and {condition}"
@@ -156,15 +176,25 @@ class MlflowTrialCallback(Callback):
         self.params_of = params_of  # trial config → params to log (flat-able mapping)
         self.run_dir_of = run_dir_of  # trial id → the trial's run folder
         self._logged_checkpoints: set[str] = set()
+        self._worker_nodes: dict[str, str] = {}
 
     def _run(self, trial) -> str:
         return self.tracker.child(trial.trial_id, self.params_of(trial.config),
                                   tags={"run_dir": str(self.run_dir_of(trial.trial_id))})
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        self.tracker.safely(lambda: self._run(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tracker.safely(lambda: self._log_result(trial, result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.safely(lambda: self.tracker.finish(self._run(trial), "FINISHED"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.safely(lambda: self._log_error(trial))
+
+    def _log_result(self, trial, result) -> None:
         run_id = self._run(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
         for past in result.get("step_history") or []:  # step metrics sent in a batch
@@ -176,24 +206,39 @@ class MlflowTrialCallback(Callback):
             # the sample grid and per-prompt table travel inside the checkpoint: one artifact
             # of each per step, samples/step_N.png and eval/step_N.json
             for inside, folder in (("samples.png", "samples"), ("eval.json", "eval")):
-                self._log_renamed(run_id, Path(checkpoint) / inside, folder, step)
+                self._log_renamed(run_id, checkpoint, inside, folder, step)
             self.tracker.client.set_tag(run_id, "checkpoint", checkpoint)
+        nodes = result.get("worker_nodes")
+        if nodes and self._worker_nodes.get(trial.trial_id) != nodes:
+            self._worker_nodes[trial.trial_id] = nodes
+            self.tracker.client.set_tag(run_id, "worker_nodes", nodes)
 
-    def _log_renamed(self, run_id: str, source: Path, folder: str, step: int) -> None:
-        if not source.is_file():
+    def _log_renamed(self, run_id: str, checkpoint: str, inside: str, folder: str,
+                     step: int) -> None:
+        data = read_storage_file(checkpoint, inside)
+        if data is None:
             return
         with tempfile.TemporaryDirectory() as tmp:
-            named = Path(tmp) / f"step_{step:07d}{source.suffix}"
-            shutil.copyfile(source, named)
+            named = Path(tmp) / f"step_{step:07d}{Path(inside).suffix}"
+            named.write_bytes(data)
             self.tracker.client.log_artifact(run_id, str(named), artifact_path=folder)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.finish(self._run(trial), "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def _log_error(self, trial) -> None:
         run_id = self._run(trial)
         self.tracker.client.set_tag(run_id, "error", trial_error_text(trial)[:4000] or "unknown")
         self.tracker.finish(run_id, "FAILED")
+
+
+def read_storage_file(folder: str, name: str) -> bytes | None:
+    """A small file of a checkpoint folder on local or shared storage, or a URI (s3://…)."""
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(folder)
+        with filesystem.open_input_stream(f"{path.rstrip('/')}/{name}") as stream:
+            return stream.read()
+    except (OSError, ValueError):  # absent (e.g. no grid saved), or not a known filesystem
+        return None
 
 
 def trial_error_text(trial) -> str:

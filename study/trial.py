@@ -56,6 +56,7 @@ class RayTrainReporter:
         self.timing = {"train_time_s": 0.0}
         self.report_every = report_every
         self.buffered: list[dict[str, Any]] = []
+        self.worker_nodes = ""  # Ray node ids of the ranks, in rank order, distinct
 
     def __call__(self, event) -> None:  # event: textcraftor.trainer.TrainEvent
         if event.kind == "step":
@@ -77,7 +78,8 @@ class RayTrainReporter:
         # checkpoint and end events repeat both, so they add only objectives and timing
         own = event.metrics if event.kind == "eval" else {}
         metrics = {**own, **self.objectives, **self.timing, "step": event.step,
-                   "event": event.kind, "step_history": self.buffered}
+                   "event": event.kind, "step_history": self.buffered,
+                   "worker_nodes": self.worker_nodes}
         self.buffered = []
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
@@ -110,6 +112,18 @@ def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device
     return Objective(rewards, weights, run.reward.scales)
 
 
+def worker_node_ids(world_size: int) -> str:
+    """The Ray node of every rank (a collective: every rank calls it), distinct, rank order."""
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    nodes = [node]
+    if world_size > 1 and dist.is_initialized():
+        nodes = [None] * world_size
+        dist.all_gather_object(nodes, node)
+    return ",".join(dict.fromkeys(nodes))
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
     import torch
@@ -125,6 +139,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     quality_weights = loop_config["quality_weights"]
     scales = {**REWARD_SCALES, **run.reward.scales}
     reporter = RayTrainReporter(rank, quality_weights, scales, loop_config["trial_started_at"])
+    reporter.worker_nodes = worker_node_ids(world)
     trainer = TextCraftor(run, callback=reporter,
                           rank=rank, world_size=world, device=device, show_progress=False,
                           objective=build_objective(run, quality_weights, device))
@@ -132,6 +147,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.restore(folder)
+        reporter.timing["resumed_from_step"] = float(trainer.step)  # a restarted worker group
     trainer.fit()
 
 
@@ -143,9 +159,6 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     run = trial_run_config(config, params, config.sweep_dir / "trials" / trial_id)
     r = config.resources
-    worker_resources = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker:
-        worker_resources["GPU"] = r.gpus_per_worker
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={
@@ -156,10 +169,10 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0,
-            resources_per_worker=worker_resources),
+            resources_per_worker=r.worker_bundle(), placement_strategy=r.placement_strategy),
         run_config=ray.train.RunConfig(
             name=f"{config.name}-{trial_id}",
-            storage_path=str(config.sweep_dir / "train"),
+            storage_path=f"{config.storage_dir}/train",
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],

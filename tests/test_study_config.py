@@ -126,3 +126,40 @@ def test_cli_help_explains_options(tmp_path):
     for option in ("--config", "--num-samples", "--results-dir", "--tracking-uri", "--address",
                    "--resume", "--set"):
         assert option in result.stdout
+
+
+def test_cli_rejects_an_address_with_no_cluster(tmp_path):
+    result = _sweep("--address", f"127.0.0.1:{_closed_port()}", "--results-dir", str(tmp_path),
+                    "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path,
+                    timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "no Ray cluster at" in result.stderr
+
+
+def test_cli_rejects_results_storage_that_is_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for results in (str(blocker), f"file://{blocker}/sweeps"):
+        result = _sweep("--results-dir", results, "--tracking-uri",
+                        f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "not writable" in result.stderr, result.stderr[-3000:]
+
+
+def test_cluster_fields_are_checked():
+    with pytest.raises(ConfigError, match="resources.placement_strategy"):
+        load_study_config(None, ["resources.placement_strategy=EVERYWHERE"])
+    with pytest.raises(ConfigError, match="resources.trial_resources.CPU"):
+        load_study_config(None, ["resources.trial_resources={CPU: 1}"])
+    study = load_study_config(None, ["results_dir=s3://bucket/sweeps",
+                                     "resources.trial_resources={head_node: 0.01}"])
+    assert study.storage_dir == "s3://bucket/sweeps/default"
+    assert study.resources.trial_bundle() == {"CPU": 0.1, "head_node": 0.01}
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
