@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install sweep test bench lint
+.PHONY: install sweep report test bench lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 # The main job: the embedded default study (continued with --resume if it already exists).
 sweep: install
 	$(PY) -m study.sweep $$(test -d sweeps/default/tune && echo --resume) $(SWEEP_ARGS)
+
+# The default study's report: reports/default/report.html (figures in reports/default/figures).
+report: install
+	$(PY) -m analysis.report --tracking-uri sqlite:///mlflow.db --experiment textcraftor-study \
+		--out reports/default
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
