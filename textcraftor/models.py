@@ -160,7 +160,7 @@ def build_tiny_preset(folder: str | Path | None = None, seed: int = 0) -> Path:
         missing = [f for f in _PRESET_FILES if not (staging / f).is_file()]
         if missing:
             raise RuntimeError(f"building the tiny preset wrote no {', '.join(missing)}")
-        _write_model_index(staging)  # last: its presence marks a complete preset
+        write_model_index(staging)  # last: its presence marks a complete preset
         try:
             os.replace(staging, folder)
         except OSError:  # another process finished first
@@ -172,7 +172,7 @@ def build_tiny_preset(folder: str | Path | None = None, seed: int = 0) -> Path:
     return folder
 
 
-def _write_model_index(folder: Path) -> None:
+def write_model_index(folder: Path) -> None:
     import json
 
     index = {

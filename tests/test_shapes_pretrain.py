@@ -1,0 +1,34 @@
+"""The ShapesWorld pretraining command on a few steps: every stage trains, the result is SD's
+on-disk layout that the one pipeline loader reads, and the card records what happened."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from textcraftor.models import load_pipeline
+from textcraftor.shapes.pretrain import PretrainConfig, pretrain
+
+
+def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
+    out = pretrain(PretrainConfig(out=str(tmp_path / "shapes"), clip_max_steps=3,
+                                  vae_max_steps=3, unet_max_steps=3, batch_size=4,
+                                  eval_prompts=4, eval_steps=2, threads=1))
+    card = json.loads((out / "card.json").read_text())
+    for stage in ("clip", "vae", "unet"):
+        stats = card["stages"][stage]
+        assert stats["steps"] == 3 and stats["last_loss"] == stats["last_loss"]  # finite
+    assert 0 <= card["oracle"]["colour"] <= 1 and card["oracle"]["unscored"] == 0
+    assert (out / "samples.png").is_file()
+
+    pipeline = load_pipeline(str(out))
+    assert pipeline.vae.config.scaling_factor == card["stages"]["vae"]["scaling_factor"] != 0.18215
+    assert pipeline.unet.config.cross_attention_dim == pipeline.text_encoder.config.hidden_size
+    # the pipeline's text encoder is the CLIP's text tower, weight for weight
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(out / "clip")
+    tower = clip.text_model.state_dict()
+    for name, weight in pipeline.text_encoder.state_dict().items():
+        assert torch.equal(weight, tower[name]), name
