@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+OBJECTIVE_KEYS = ("quality", "diversity")
 STATUS_MARKERS = {"FINISHED": "o", "FAILED": "x", "RUNNING": "^", "KILLED": "v"}
 
 
@@ -88,16 +89,22 @@ def objectives_vs_params(runs: pd.DataFrame, objectives: Sequence[str],
 
 
 def training_curves(steps: pd.DataFrame, runs: pd.DataFrame,
-                    keys: Sequence[str] = ("loss", "eval/quality")) -> Figure:
-    """Per-step metrics of the Pareto trials (every finished trial if none is Pareto)."""
+                    keys: Sequence[str] = ("loss", "quality", "diversity")) -> Figure:
+    """Per-step metrics of the Pareto trials (every finished trial if none is Pareto). The
+    study's objectives (fixed weights), not ``eval/quality`` (each trial's own weights), so the
+    curves and the baseline share one scale."""
     chosen = runs[(runs["kind"] == "trial") & runs["pareto"]]
     if chosen.empty:
         chosen = runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")]
     figure, grid = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for axes, key in zip(grid[0], keys):
         for _, run in chosen.iterrows():
-            series = steps[(steps["run_id"] == run["run_id"]) & (steps["key"] == key)]
-            series = series.sort_values("step")
+            own = steps[steps["run_id"] == run["run_id"]]
+            series = own[own["key"] == key]
+            if key in OBJECTIVE_KEYS:  # repeated in every report: keep the evaluation points
+                evaluated = own.loc[own["key"] == "eval/quality", "step"]
+                series = series[series["step"].isin(evaluated)]
+            series = series.drop_duplicates("step", keep="last").sort_values("step")
             axes.plot(series["step"], series["value"], marker="." if len(series) < 10 else None,
                       label=str(run["trial_id"]))
         base = steps[(steps["kind"] == "baseline") & (steps["key"] == key)]

@@ -81,13 +81,14 @@ def build_report(study: StudyRuns, out: Path, interpolation: str = "best",
         figure("quality_vs_diversity", plots.quality_vs_diversity(runs),
                "Quality against diversity: the Pareto front in red, the untuned baseline as a "
                "star.")
-    params = study.hyperparameters()
+    params = study.hyperparameters(varying=True)
     if objectives and params:
         figure("objectives_vs_params", plots.objectives_vs_params(runs, objectives, params),
                "Each objective against each hyperparameter; the dashed line is the baseline.")
     if not steps.empty:
         figure("training_curves", plots.training_curves(steps, runs),
-               "Loss and held-out quality of the Pareto trials over training.")
+               "Loss, and the study's quality and diversity on held-out prompts, of the Pareto "
+               "trials over training.")
         figure("cost_vs_k", plots.cost_vs_k(runs, steps),
                "Cost of truncated back-propagation: median step time and peak memory against K.")
     grids = _sample_grids(study, out / "grids")

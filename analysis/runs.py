@@ -45,10 +45,14 @@ class StudyRuns:
     def finished(self) -> pd.DataFrame:
         return self.trials[self.trials["status"] == "FINISHED"]
 
-    def hyperparameters(self) -> list[str]:
-        """Hyperparameter columns that vary or exist across trials (w_<reward>, λ, K, lr)."""
+    def hyperparameters(self, varying: bool = False) -> list[str]:
+        """Hyperparameter columns (w_<reward>, λ, K, lr); ``varying``: only those that take more
+        than one value across the trials."""
         names = [c for c in self.runs.columns if c.startswith("w_")] + list(HYPERPARAMETERS)
-        return [c for c in names if c in self.runs.columns]
+        present = [c for c in names if c in self.runs.columns]
+        if varying:
+            present = [c for c in present if self.trials[c].nunique(dropna=True) > 1]
+        return present
 
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking_uri)
