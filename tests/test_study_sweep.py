@@ -70,7 +70,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    command = sweep_command(tmp_path, "--num-samples", "3", "--set", "name=resumable")
+    command = sweep_command(tmp_path, "--num-samples", "2", "--set", "name=resumable")
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     optuna_db = tmp_path / "sweeps" / "resumable" / "optuna.db"
@@ -99,16 +99,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     _, _, children = child_runs(tmp_path, "resumable")
     assert all(r.info.status != "RUNNING" for r in children), output[-3000:]
 
-    run_sweep(tmp_path, "--num-samples", "3", "--set", "name=resumable", "--resume")
+    run_sweep(tmp_path, "--num-samples", "2", "--set", "name=resumable", "--resume")
     summary = json.loads((tmp_path / "sweeps" / "resumable" / "summary.json").read_text())
-    assert summary["num_trials"] == 3
-    assert [t["status"] for t in summary["trials"]] == ["TERMINATED"] * 3
+    assert summary["num_trials"] == 2
+    assert [t["status"] for t in summary["trials"]] == ["TERMINATED"] * 2
     trials = optuna.load_study(study_name="resumable", storage=storage).trials
-    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 3
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 2
     _, parents, children = child_runs(tmp_path, "resumable")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
-    assert len({r.data.tags["textcraftor.trial_id"] for r in children}) == 3
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert len({r.data.tags["textcraftor.trial_id"] for r in children}) == 2
+    _, _, baselines = child_runs(tmp_path, "resumable", kind="baseline")
+    assert [r.info.status for r in baselines] == ["FINISHED"]  # evaluated once, not again
     # the trials finished before the interruption were not run again
     for trial_id in finished_before:
         assert (trials_dir / trial_id / "metrics.jsonl").read_text() == before[trial_id]
