@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from study.config import OBJECTIVES
 from study.summary import pareto_flags
 from study.tracking import KIND_TAG, SWEEP_TAG, TRIAL_TAG
 
-OBJECTIVES = ("quality", "diversity")
 RUN_KINDS = ("baseline", "trial")
 # the searched hyperparameters' flat names (study.config.SearchSpace.params) besides w_<reward>
 HYPERPARAMETERS = ("clip_constraint", "k", "lr")
