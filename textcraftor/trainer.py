@@ -287,7 +287,8 @@ class TextCraftor:
 
     def _eval_images(self, prompts: Sequence[str], seeds: Sequence[int], alpha: float,
                      score: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """[P·S,3,H,W] prompt-major on the CPU, and {reward: [P·S]} (when ``score``)."""
+        """[P·S,3,H,W] prompt-major, and {reward: [P·S]} (when ``score``), on the device: the
+        metrics run there; only the result and the cached reference go to the CPU."""
         pairs = [(p, s) for p in prompts for s in seeds]
         batch = self.config.train.eval_batch_size
         images, scores = [], []
@@ -297,9 +298,8 @@ class TextCraftor:
             x = self.generate(chunk_prompts, [eval_noise_seed(s, p) for p, s in chunk], alpha)
             if score:
                 with self._autocast():
-                    scores.append({k: v.cpu() for k, v in
-                                   self.evaluator.rewards(x, chunk_prompts).items()})
-            images.append(x.cpu())
+                    scores.append(self.evaluator.rewards(x, chunk_prompts))
+            images.append(x)
         merged = {k: torch.cat([s[k] for s in scores]) for k in scores[0]} if scores else {}
         return torch.cat(images), merged
 
@@ -314,14 +314,15 @@ class TextCraftor:
                 self._reference = load_reference_images(e.reference_dir,
                                                         self.config.sample.resolution)
             elif self.step == 0 and alpha == 1.0 and self._last_checkpoint is None:
-                self._reference = images
+                self._reference = images.cpu()  # held for the whole run: not on the GPU
             else:
                 if self.config.model.train_unet != "none":
                     log.warning("KID/FID reference generated after step 0 with a fine-tuned UNet: "
                                 "it is not the base model's images")
                 prompts = [p.text for p in self.split.heldout]
-                self._reference, _ = self._eval_images(prompts, self.config.data.eval_seeds,
-                                                       alpha=0.0, score=False)
+                reference, _ = self._eval_images(prompts, self.config.data.eval_seeds,
+                                                 alpha=0.0, score=False)
+                self._reference = reference.cpu()
         return self._reference
 
     def _load_clip(self):
