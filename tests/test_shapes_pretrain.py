@@ -12,13 +12,15 @@ from textcraftor.shapes.pretrain import PretrainConfig, pretrain
 
 
 def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
-    out = pretrain(PretrainConfig(out=str(tmp_path / "shapes"), clip_max_steps=3,
-                                  vae_max_steps=3, unet_max_steps=3, batch_size=4,
-                                  eval_prompts=4, eval_steps=2, threads=1))
+    out = pretrain(PretrainConfig(out=str(tmp_path / "shapes"), clip_steps=3, vae_steps=3,
+                                  unet_steps=4, aesthetic_steps=3, batch_size=4,
+                                  vae_batch_size=2, pool_size=8, aesthetic_images=20,
+                                  eval_every=2, eval_prompts=4, eval_steps=2, threads=1))
     card = json.loads((out / "card.json").read_text())
-    for stage in ("clip", "vae", "unet"):
+    for stage, steps in (("clip", 3), ("aesthetic", 3), ("vae", 3), ("unet", 4)):
         stats = card["stages"][stage]
-        assert stats["steps"] == 3 and stats["last_loss"] == stats["last_loss"]  # finite
+        assert stats["steps"] == steps and stats["last_loss"] == stats["last_loss"]  # finite
+    assert [p["step"] for p in card["stages"]["unet"]["progress"]] == [2]
     assert 0 <= card["oracle"]["colour"] <= 1 and card["oracle"]["unscored"] == 0
     assert (out / "samples.png").is_file()
 

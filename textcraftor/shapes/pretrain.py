@@ -1,21 +1,28 @@
 """``python -m textcraftor.shapes.pretrain --out DIR``: the ShapesWorld base model, trained here.
 
-Three stages on ShapesWorld image–caption pairs, each within a time (and step) budget:
+Four stages on ShapesWorld image–caption pairs, each with a step budget (the same seed and
+steps give the same weights) under one wall-clock cap:
 
 1. a small CLIP (``CLIPModel``: text and vision towers) trained contrastively;
-2. a small VAE (``AutoencoderKL``): 64 px images ↔ 16×16×4 latents;
-3. a small UNet (``UNet2DConditionModel``) on the VAE's latents, conditioned on the frozen CLIP
-   text encoder's hidden states: ε-prediction on SD v1.5's scaled-linear schedule, 10 % empty
-   captions so classifier-free guidance works.
+2. an "aesthetic" head (LAION's MLP layout) on the CLIP's image embedding, fitted to the
+   programmatic quality score of ``textcraftor.shapes.quality`` on degraded renders;
+3. a small VAE (``AutoencoderKL``): 64 px images ↔ 16×16×4 latents, its reconstruction loss
+   (squared + absolute error of the decoded posterior mean) weighted towards the shapes' pixels
+   (the background is most of the image);
+4. a small UNet (``UNet2DConditionModel``) on the VAE's latents of a pool of pairs encoded once,
+   conditioned on the frozen CLIP text encoder's hidden states: ε-prediction on SD v1.5's
+   scaled-linear schedule, 10 % empty captions so classifier-free guidance works.
 
 The output is SD's on-disk layout (``model_index.json``, tokenizer, text_encoder, unet, vae,
-scheduler — loadable by ``textcraftor.models.load_pipeline``), the whole CLIP in ``clip/`` for
-the rewards, and ``card.json`` (data, steps, losses, oracle accuracy of the base model).
+scheduler — loadable by ``textcraftor.models.load_pipeline``) in fp16, the whole CLIP in
+``clip/`` and the head in ``aesthetic/`` for the rewards, ``card.json`` and ``README.md`` (data,
+steps, losses, the base model's oracle accuracy, ``samples.png``) and ``checksums.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -28,37 +35,49 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextModel
 
 from textcraftor.models import (
     CLIP_VOCAB_SIZE,
+    SHAPES_AESTHETIC_HEAD,
+    Pipeline,
+    load_pipeline,
     save_transformers_model,
     sd15_scheduler,
     write_model_index,
 )
+from textcraftor.rewards.aesthetic import AestheticHead
 from textcraftor.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from textcraftor.sampler import PromptTokenizer
+from textcraftor.shapes.quality import quality_score
 from textcraftor.shapes.world import ShapesDataset
 from textcraftor.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger("textcraftor.shapes.pretrain")
 IMAGE_SIZE = 64
 WIDTH = 64  # CLIP width = the UNet's cross-attention width
+UNET_CHANNELS = (48, 96)
+SHAPE_WEIGHT = 8.0  # VAE loss: extra weight of shape pixels (no corner touches a shape)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    out: str  # output folder (a diffusers pipeline folder + clip/ + card.json)
-    seed: int = 0  # data, initialisation and noise
-    clip_minutes: float = 10.0  # time budget of each stage …
-    vae_minutes: float = 10.0
-    unet_minutes: float = 35.0
-    clip_max_steps: int = 100_000  # … and a step budget (tests use a few steps)
-    vae_max_steps: int = 100_000
-    unet_max_steps: int = 100_000
-    batch_size: int = 64  # image–caption pairs per step
-    lr: float = 1e-3  # AdamW learning rate of every stage
+    out: str  # output folder (a diffusers pipeline folder + clip/ + aesthetic/ + card)
+    seed: int = 0  # data, initialisation and noise: the same seed gives the same weights
+    clip_steps: int = 1200  # contrastive steps of the small CLIP
+    vae_steps: int = 1100  # reconstruction steps of the VAE
+    unet_steps: int = 3300  # ε-prediction steps of the UNet
+    aesthetic_steps: int = 1500  # regression steps of the aesthetic head
+    batch_size: int = 32  # image–caption pairs per CLIP / UNet step
+    vae_batch_size: int = 16  # images per VAE step
+    lr: float = 1e-3  # peak AdamW learning rate of the CLIP, head and UNet (warm-up, cosine)
+    vae_lr: float = 2e-3  # peak AdamW learning rate of the VAE
     caption_dropout: float = 0.1  # UNet stage: share of empty captions (for guidance)
+    pool_size: int = 16384  # UNet stage: pairs encoded to latents once, then drawn at random
+    aesthetic_images: int = 4096  # rendered (and degraded) images the head is fitted on
+    max_minutes: float = 60.0  # wall-clock cap over all stages (a stage stops early past it)
+    eval_every: int = 660  # UNet steps between progress checks of the oracle (0 = none)
     eval_prompts: int = 64  # single-shape prompts for the base model's oracle accuracy
     eval_steps: int = 25  # DDIM steps at that evaluation
     threads: int = 2  # torch intra-op threads
@@ -76,17 +95,20 @@ def clip_config() -> CLIPConfig:
 
 
 def vae_config() -> dict:
+    """64 px ↔ 16×16×4; no attention (flat shapes need none, and it is a third of the cost)."""
     return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                block_out_channels=(32, 64, 64), norm_num_groups=16, sample_size=IMAGE_SIZE,
+                block_out_channels=(16, 32, 64), norm_num_groups=8, sample_size=IMAGE_SIZE,
                 down_block_types=("DownEncoderBlock2D",) * 3,
-                up_block_types=("UpDecoderBlock2D",) * 3)
+                up_block_types=("UpDecoderBlock2D",) * 3, mid_block_add_attention=False)
 
 
 def unet_config() -> dict:
+    """16×16 latents, cross-attention at 8×8 only (at 16×16 it would triple the step time);
+    2.2 M parameters."""
     return dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                block_out_channels=(64, 128), cross_attention_dim=WIDTH, attention_head_dim=8,
-                norm_num_groups=32, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+                block_out_channels=UNET_CHANNELS, cross_attention_dim=WIDTH, attention_head_dim=8,
+                norm_num_groups=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
 
 
 def batches(dataset: ShapesDataset, batch_size: int, start: int = 0
@@ -99,19 +121,44 @@ def batches(dataset: ShapesDataset, batch_size: int, start: int = 0
         yield images.float() / 255.0, captions
 
 
-def budgeted(minutes: float, max_steps: int, step: Callable[[int], float], name: str
-             ) -> dict[str, float]:
-    """Call ``step(i)`` (returns the loss) until the time or step budget runs out."""
-    deadline = time.monotonic() + 60.0 * minutes
-    started, losses, i = time.monotonic(), [], 0
-    while i < max_steps and time.monotonic() < deadline:
+class Clock:
+    """The run's wall-clock cap, shared by the stages."""
+
+    def __init__(self, minutes: float) -> None:
+        self.deadline = time.monotonic() + 60.0 * minutes
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        progress = (i - warmup) / max(steps - warmup, 1)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def run_stage(name: str, steps: int, clock: Clock, step: Callable[[int], float],
+              every: int = 0, check: Callable[[int], dict] | None = None) -> dict:
+    """Call ``step(i)`` (returns the loss) ``steps`` times or until the clock runs out;
+    ``check(i)`` every ``every`` steps adds a progress record."""
+    started, losses, progress = time.monotonic(), [], []
+    i = 0
+    while i < steps and not clock.out_of_time():
         losses.append(step(i))
         i += 1
-        if i % 50 == 0:
-            log.info("%s step %d: loss %.4f", name, i, sum(losses[-50:]) / len(losses[-50:]))
-    tail = losses[-50:] or [math.nan]
-    return {"steps": i, "seconds": round(time.monotonic() - started, 1),
-            "first_loss": losses[0] if losses else math.nan, "last_loss": sum(tail) / len(tail)}
+        if i % 100 == 0:
+            log.info("%s step %d: loss %.4f", name, i, sum(losses[-100:]) / 100)
+        if check is not None and every and i % every == 0 and i < steps:
+            progress.append({"step": i, **check(i)})
+            log.info("%s step %d: %s", name, i, progress[-1])
+    tail = losses[-100:] or [math.nan]
+    stats = {"steps": i, "planned_steps": steps, "seconds": round(time.monotonic() - started, 1),
+             "first_loss": losses[0] if losses else math.nan, "last_loss": sum(tail) / len(tail)}
+    return {**stats, "progress": progress} if progress else stats
 
 
 def clip_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -120,9 +167,16 @@ def clip_pixels(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def train_clip(config: PretrainConfig, tokens: PromptTokenizer, data) -> tuple[CLIPModel, dict]:
+def adamw(module: torch.nn.Module, lr: float, steps: int, weight_decay: float = 0.01):
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    return optimizer, schedule(optimizer, steps)
+
+
+def train_clip(config: PretrainConfig, clock: Clock, tokens: PromptTokenizer, data
+               ) -> tuple[CLIPModel, dict]:
+    torch.manual_seed(config.seed)
     model = CLIPModel(clip_config())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    optimizer, lr = adamw(model, config.lr, config.clip_steps)
 
     def step(_: int) -> float:
         images, captions = next(data)
@@ -131,28 +185,33 @@ def train_clip(config: PretrainConfig, tokens: PromptTokenizer, data) -> tuple[C
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
+        lr.step()
         return out.loss.item()
 
-    stats = budgeted(config.clip_minutes, config.clip_max_steps, step, "clip")
+    stats = run_stage("clip", config.clip_steps, clock, step)
     return model.eval().requires_grad_(False), stats
 
 
-def train_vae(config: PretrainConfig, data) -> tuple[AutoencoderKL, dict]:
+def train_vae(config: PretrainConfig, clock: Clock, data) -> tuple[AutoencoderKL, dict]:
+    torch.manual_seed(config.seed + 1)
     vae = AutoencoderKL(**vae_config())
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
+    optimizer, lr = adamw(vae, config.vae_lr, config.vae_steps, weight_decay=0.0)
 
     def step(_: int) -> float:
         images, _ = next(data)
         x = images * 2 - 1
         posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        # decoded from the mean, as every user of these latents encodes: sampling would make
+        # early training fight unit-variance noise until the variance shrinks
+        error = vae.decode(posterior.mean).sample - x
+        loss = (shape_weights(x) * (error**2 + error.abs())).mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr.step()
         return loss.item()
 
-    stats = budgeted(config.vae_minutes, config.vae_max_steps, step, "vae")
+    stats = run_stage("vae", config.vae_steps, clock, step)
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # SD's convention: scaled latents have unit variance
         images, _ = next(data)
@@ -162,35 +221,126 @@ def train_vae(config: PretrainConfig, data) -> tuple[AutoencoderKL, dict]:
     return vae, stats
 
 
-def train_unet(config: PretrainConfig, tokens: PromptTokenizer, text_encoder: CLIPTextModel,
-               vae: AutoencoderKL, data) -> tuple[UNet2DConditionModel, dict]:
+def shape_weights(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W]: 1 on the background (the corner pixel's colour), 1 + SHAPE_WEIGHT on shapes."""
+    distance = (x - x[:, :, :1, :1]).norm(dim=1, keepdim=True)
+    return 1.0 + SHAPE_WEIGHT * (distance > 0.35).float()
+
+
+@torch.no_grad()
+def encode_pool(config: PretrainConfig, tokens: PromptTokenizer, vae: AutoencoderKL,
+                dataset: ShapesDataset, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's training pairs, encoded once: scaled latents [N,4,16,16] and token ids [N,77]
+    (the frozen text encoder runs per batch: its hidden states would take 20× the memory)."""
+    latents, ids = [], []
+    for offset in range(0, config.pool_size, 256):
+        count = min(256, config.pool_size - offset)
+        images, captions, _ = dataset.batch(start + offset, count)
+        x = images.float() / 127.5 - 1
+        latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+        ids.append(tokens(captions))
+    return torch.cat(latents), torch.cat(ids)
+
+
+def train_unet(config: PretrainConfig, clock: Clock, tokens: PromptTokenizer,
+               text_encoder: CLIPTextModel, vae: AutoencoderKL, dataset: ShapesDataset,
+               check: Callable[[UNet2DConditionModel], dict] | None = None,
+               ) -> tuple[UNet2DConditionModel, dict]:
+    started = time.monotonic()
+    latents, ids = encode_pool(config, tokens, vae, dataset, start=2 * 10**8)
+    encode_seconds = round(time.monotonic() - started, 1)
+    torch.manual_seed(config.seed + 2)
     unet = UNet2DConditionModel(**unet_config())
     noise_schedule = DDPMScheduler.from_config(sd15_scheduler().config)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr / 2)
-    generator = torch.Generator().manual_seed(config.seed)
+    optimizer, lr = adamw(unet, config.lr, config.unet_steps)
+    generator = torch.Generator().manual_seed(config.seed + 2)
     empty = tokens([""])
 
     def step(_: int) -> float:
-        images, captions = next(data)
+        pick = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
+        dropped = torch.rand(config.batch_size, generator=generator) < config.caption_dropout
         with torch.no_grad():
-            latents = vae.encode(images * 2 - 1).latent_dist.sample(generator)
-            latents = latents * vae.config.scaling_factor
-            ids = tokens(captions)
-            dropped = torch.rand(len(captions), generator=generator) < config.caption_dropout
-            ids = torch.where(dropped[:, None], empty, ids)
-            context = text_encoder(ids).last_hidden_state
-        noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(captions),),
+            context = text_encoder(torch.where(dropped[:, None], empty, ids[pick]),
+                                   return_dict=False)[0]
+        clean = latents[pick]
+        noise = torch.randn(clean.shape, generator=generator)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (config.batch_size,),
                           generator=generator)
-        noisy = noise_schedule.add_noise(latents, noise, t)
+        noisy = noise_schedule.add_noise(clean, noise, t)
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr.step()
         return loss.item()
 
-    stats = budgeted(config.unet_minutes, config.unet_max_steps, step, "unet")
-    return unet.eval().requires_grad_(False), stats
+    def progress(_: int) -> dict:
+        unet.eval()
+        result = check(unet) if check is not None else {}
+        unet.train()
+        return result
+
+    stats = run_stage("unet", config.unet_steps, clock, step, config.eval_every,
+                      progress if check is not None else None)
+    return unet.eval().requires_grad_(False), {**stats, "encode_seconds": encode_seconds}
+
+
+def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random blur, noise, fading and shifts, so that the quality scores span their range."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    out = []
+    for image in images:
+        draw = torch.rand(5, generator=generator)
+        if draw[0] < 0.5:
+            sigma = 0.3 + 2.0 * float(draw[1])
+            image = gaussian_blur(image[None], kernel_size=9, sigma=sigma)[0]
+        if draw[2] < 0.5:
+            image = image.lerp(image.mean(dim=0, keepdim=True).expand_as(image), float(draw[3]))
+        if draw[4] < 0.5:
+            image = image + 0.15 * float(draw[1]) * torch.randn(image.shape, generator=generator)
+        out.append(image.clamp(0, 1))
+    return torch.stack(out)
+
+
+def train_aesthetic(config: PretrainConfig, clock: Clock, clip: CLIPModel,
+                    dataset: ShapesDataset) -> tuple[AestheticHead, dict]:
+    """The head on unit-norm CLIP image embeddings → ``quality_score``, like LAION's predictor;
+    10 % of the images held out for the card's correlation."""
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    embeddings, scores = [], []
+    with torch.no_grad():
+        for start in range(0, config.aesthetic_images, 256):
+            count = min(256, config.aesthetic_images - start)
+            images, _, _ = dataset.batch(3 * 10**8 + start, count)
+            images = degrade(images.float() / 255.0, generator)
+            scores.append(quality_score(images))
+            features = clip.get_image_features(pixel_values=clip_pixels(images))
+            features = features if isinstance(features, torch.Tensor) else features.pooler_output
+            embeddings.append(F.normalize(features, dim=-1))
+    x, y = torch.cat(embeddings), torch.cat(scores)
+    split = len(x) * 9 // 10
+    torch.manual_seed(config.seed + 3)
+    head = AestheticHead(input_dim=WIDTH)
+    optimizer, lr = adamw(head, config.lr, config.aesthetic_steps)
+
+    def step(_: int) -> float:
+        pick = torch.randint(0, split, (256,), generator=generator)
+        loss = F.mse_loss(head(x[pick]).squeeze(-1), y[pick])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr.step()
+        return loss.item()
+
+    head.train()
+    stats = run_stage("aesthetic", config.aesthetic_steps, clock, step)
+    head.eval().requires_grad_(False)
+    predicted, actual = head(x[split:]).squeeze(-1), y[split:]
+    stats["heldout_pearson"] = float(torch.corrcoef(torch.stack([predicted, actual]))[0, 1])
+    stats["heldout_mae"] = float((predicted - actual).abs().mean())
+    stats["score_range"] = [float(y.min()), float(y.max())]
+    return head, stats
 
 
 def text_encoder_of(model: CLIPModel) -> CLIPTextModel:
@@ -201,52 +351,142 @@ def text_encoder_of(model: CLIPModel) -> CLIPTextModel:
 
 
 def pretrain(config: PretrainConfig) -> Path:
-    torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
+    clock = Clock(config.max_minutes)
+    started = time.monotonic()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer(out / "tokenizer")
     tokens = PromptTokenizer(tokenizer)
     dataset = ShapesDataset(seed=config.seed, image_size=IMAGE_SIZE)
     # disjoint item ranges per stage: the stages see different samples of the world
-    clip, clip_stats = train_clip(config, tokens, batches(dataset, config.batch_size, 0))
-    vae, vae_stats = train_vae(config, batches(dataset, config.batch_size, 10**8))
+    clip, clip_stats = train_clip(config, clock, tokens, batches(dataset, config.batch_size, 0))
+    head, aesthetic_stats = train_aesthetic(config, clock, clip, dataset)
+    vae, vae_stats = train_vae(config, clock,
+                               batches(dataset, config.vae_batch_size, 10**8))
     text_encoder = text_encoder_of(clip)
-    unet, unet_stats = train_unet(config, tokens, text_encoder, vae,
-                                  batches(dataset, config.batch_size, 2 * 10**8))
-    save_transformers_model(clip, out / "clip")
-    save_transformers_model(text_encoder, out / "text_encoder")
-    unet.save_pretrained(out / "unet")
-    vae.save_pretrained(out / "vae")
-    sd15_scheduler().save_pretrained(out / "scheduler")
-    write_model_index(out)
-    card = {"data": f"ShapesWorld seed {config.seed}, {IMAGE_SIZE} px, 1–2 shapes",
+    scheduler = sd15_scheduler()
+
+    def check(unet: UNet2DConditionModel) -> dict:
+        pipeline = Pipeline(tokenizer, text_encoder, text_encoder, unet, vae, scheduler,
+                            "pretraining")
+        return oracle_accuracy(pipeline, 16, config.eval_steps, config.seed)
+
+    unet, unet_stats = train_unet(config, clock, tokens, text_encoder, vae, dataset, check)
+    save_weights(out, clip, text_encoder, unet, vae, head, scheduler)
+    pipeline = load_pipeline(str(out))
+    oracle = oracle_accuracy(pipeline, config.eval_prompts, config.eval_steps, config.seed,
+                             grid=out / "samples.png")
+    card = {"data": f"ShapesWorld seed {config.seed}, {IMAGE_SIZE} px, 1–2 shapes per image",
             "config": asdict(config),
-            "stages": {"clip": clip_stats, "vae": vae_stats, "unet": unet_stats},
-            "oracle": oracle_accuracy(out, config.eval_prompts, config.eval_steps,
-                                      config.seed)}
-    (out / "card.json").write_text(json.dumps(card, indent=2))
+            "stages": {"clip": clip_stats, "aesthetic": aesthetic_stats, "vae": vae_stats,
+                       "unet": unet_stats},
+            "minutes": round((time.monotonic() - started) / 60, 1),
+            "oracle": oracle,
+            "quality_score": QUALITY_DEFINITION}
+    write_card(out, card)
     log.info("wrote %s: %s", out, json.dumps(card["stages"]))
     return out
 
 
-def oracle_accuracy(folder: Path, count: int, steps: int, seed: int,
-                    guidance_scale: float = 5.0) -> dict[str, float]:
-    """The base model on ``count`` single-shape prompts (every attribute named), ``steps`` DDIM
-    steps: the oracle's per-attribute accuracy; the sample grid goes to ``samples.png``."""
+QUALITY_DEFINITION = ("textcraftor.shapes.quality.quality_score: 10 × (0.35 contrast + 0.25 "
+                      "saturation + 0.25 centring + 0.15 cleanliness), each term in [0, 1]")
+
+
+def save_weights(out: Path, clip: CLIPModel, text_encoder: CLIPTextModel,
+                 unet: UNet2DConditionModel, vae: AutoencoderKL, head: AestheticHead,
+                 scheduler) -> None:
+    """SD's layout, every weight in fp16 (loaders cast back to fp32)."""
+    save_transformers_model(clip.half(), out / "clip")
+    save_transformers_model(text_encoder.half(), out / "text_encoder")
+    unet.half().save_pretrained(out / "unet")
+    vae.half().save_pretrained(out / "vae")
+    scheduler.save_pretrained(out / "scheduler")
+    (out / SHAPES_AESTHETIC_HEAD).parent.mkdir(exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in head.state_dict().items()},
+              out / SHAPES_AESTHETIC_HEAD)
+    for module in (clip, text_encoder, unet, vae):
+        module.float()
+    write_model_index(out)
+
+
+def write_card(out: Path, card: dict) -> None:
+    """``card.json``, its readable twin ``README.md``, and the checksums of every weight file
+    (``checksums.json``) that the loader verifies."""
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(card))
+    write_checksums(out)
+
+
+def model_card(card: dict) -> str:
+    stages = card["stages"]
+    rows = "\n".join(
+        f"| {name} | {s['steps']} | {s['seconds']:.0f} | {s['first_loss']:.4f} | "
+        f"{s['last_loss']:.4f} |" for name, s in stages.items())
+    oracle = " · ".join(f"{k} {v:.2f}" for k, v in card["oracle"].items()
+                        if k not in ("unscored", "out_of_vocabulary"))
+    aesthetic = stages["aesthetic"]
+    config = card["config"]
+    return f"""# ShapesWorld base model
+
+A miniature Stable Diffusion (SD v1.5's layout and classes) trained on ShapesWorld by
+`python -m textcraftor.shapes.pretrain --out DIR --seed {config['seed']}` in
+{card['minutes']} minutes on {config['threads']} CPU threads. Load it as the `shapes` preset.
+
+- **Data**: {card['data']}; captions from varied templates (`textcraftor.shapes.world`).
+- **Text encoder**: the text tower of a small CLIP (width {WIDTH}, 3 layers) trained
+  contrastively; the whole CLIP is in `clip/` (CLIP-similarity reward).
+- **VAE**: 64 px ↔ 16×16×4 latents, scaling factor {stages['vae']['scaling_factor']:.4f}.
+- **UNet**: ε-prediction on SD v1.5's scaled-linear schedule, 10 % empty captions.
+- **Aesthetic head** (`aesthetic/`): LAION's MLP layout on the CLIP's unit-norm image
+  embedding, fitted to {card['quality_score']}; held-out Pearson r
+  {aesthetic['heldout_pearson']:.3f}, mean absolute error {aesthetic['heldout_mae']:.3f}.
+- **Weights**: fp16 safetensors; `checksums.json` holds their SHA-256.
+
+| stage | steps | seconds | first loss | last loss |
+|---|---|---|---|---|
+{rows}
+
+**Oracle accuracy** of the base model on {config['eval_prompts']} single-shape prompts
+(every attribute named), {config['eval_steps']} DDIM steps, guidance 5: {oracle}.
+
+![samples](samples.png) — prompts in `samples.txt`, row by row.
+"""
+
+
+DOCUMENTS = ("README.md", "card.json", "checksums.json", "samples.png", "samples.txt")
+
+
+def write_checksums(out: Path) -> None:
+    """SHA-256 of every file the loaders read (weights, configs, tokenizer)."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in DOCUMENTS)
+    checksums = {str(p.relative_to(out)): sha256(p) for p in files}
+    (out / "checksums.json").write_text(json.dumps(checksums, indent=2) + "\n")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def oracle_accuracy(pipeline: Pipeline, count: int, steps: int, seed: int,
+                    guidance_scale: float = 5.0, grid: Path | None = None) -> dict[str, float]:
+    """The model on ``count`` single-shape prompts (every attribute named), ``steps`` DDIM
+    steps: the oracle's per-attribute accuracy; the sample grid goes to ``grid``."""
     import random
 
     from torchvision.utils import save_image
 
     from textcraftor.config import SampleConfig
     from textcraftor.generation import sample_images
-    from textcraftor.models import load_pipeline
     from textcraftor.shapes.oracle import batch_alignment
     from textcraftor.shapes.world import describe, sample_scene
 
     rng = random.Random(seed + 1)
     prompts = [describe(sample_scene(rng, max_shapes=1)) for _ in range(count)]
-    pipeline = load_pipeline(str(folder))
     sample = SampleConfig(resolution=IMAGE_SIZE, num_steps=steps, guidance_scale=guidance_scale,
                           k=1)
     tokens = PromptTokenizer(pipeline.tokenizer)
@@ -254,9 +494,11 @@ def oracle_accuracy(folder: Path, count: int, steps: int, seed: int,
         sample_images(pipeline, pipeline.text_encoder, tokens, prompts[i:i + 16],
                       list(range(i, min(i + 16, count))), sample, alpha=0.0)
         for i in range(0, count, 16)])
-    save_image(images[:64], folder / "samples.png", nrow=8)
-    (folder / "samples.txt").write_text("\n".join(prompts[:64]) + "\n")
-    return batch_alignment(images, prompts)
+    if grid is not None:
+        save_image(images[:64], grid, nrow=8)
+        (grid.parent / "samples.txt").write_text("\n".join(prompts[:64]) + "\n")
+    scores = batch_alignment(images, prompts)
+    return {k: round(v, 4) for k, v in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,11 +507,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    for name in ("seed", "clip_minutes", "vae_minutes", "unet_minutes", "clip_max_steps",
-                 "vae_max_steps", "unet_max_steps", "batch_size", "lr", "caption_dropout",
-                 "eval_prompts", "eval_steps", "threads"):
-        default = PretrainConfig.__dataclass_fields__[name].default
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    for name, spec in PretrainConfig.__dataclass_fields__.items():
+        if name != "out":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(spec.default),
+                                default=spec.default)
     args = vars(parser.parse_args(argv))
     pretrain(PretrainConfig(**args))
     return 0
