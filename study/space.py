@@ -57,6 +57,8 @@ def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: 
     k = int(values["k"])
     if base.sample.truncation == "last_k":
         sample = replace(base.sample, k=k)
+    elif base.sample.truncation == "direct":  # one UNet call from a noised paired image: no K
+        sample = base.sample
     else:  # K is the upper end of the random draw
         sample = replace(base.sample, k_max=k, k_min=min(base.sample.k_min, k))
     train = replace(base.train, lr=float(values["lr"]))

@@ -136,6 +136,14 @@ def start_ray(address: str | None) -> None:
                  logging_level=logging.WARNING)
 
 
+def check_model_weights(study: StudyConfig) -> None:
+    """The committed ShapesWorld weights are checked here, not in every trial (~50 ms)."""
+    if study.base.model.source == "shapes":
+        from textcraftor.models import shapes_folder
+
+        shapes_folder()
+
+
 def check_gcs_reachable(address: str, timeout_s: float = 10.0) -> None:
     """``ray.init`` retries an unreachable host:port for minutes: probe it first."""
     import socket
@@ -295,6 +303,7 @@ def _error(trial) -> str | None:
 def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = False) -> dict:
     uri = resolve_tracking_uri(study.tracking_uri)
     check_tracking_uri(uri)
+    check_model_weights(study)
     sweep_dir = check_sweep_dir(study, resume)
     start_ray(address)
     requested = check_resources(study, address)

@@ -17,13 +17,14 @@ from textcraftor.configio import (
     require_choice,
 )
 
-PRESETS = ("tiny", "sd15-random")
-TRUNCATION_MODES = ("last_k", "random_k", "x0_shortcut")
+PRESETS = ("tiny", "sd15-random", "shapes")
+TRUNCATION_MODES = ("last_k", "random_k", "x0_shortcut", "direct")
 NO_GRAD_ENCODERS = ("original", "trainable")
 UNET_TRAINING = ("none", "full", "lora")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # Differentiable rewards; "clip" is the CLIP text-image constraint, weighted by λ.
 QUALITY_REWARDS = ("aesthetic", "pickscore", "hpsv2", "hpsv2.1")
+SHAPES_REWARDS = ("aesthetic", "clip")  # what the ShapesWorld preset ships
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -58,10 +59,13 @@ class SampleConfig:
     num_steps: int = 20  # T, DDIM steps from noise
     guidance_scale: float = 7.5  # classifier-free guidance w; <= 1 disables the unconditional pass
     eta: float = 0.0  # DDIM eta (0 = deterministic)
-    truncation: str = "last_k"  # last_k | random_k | x0_shortcut
+    truncation: str = "last_k"  # last_k | random_k | x0_shortcut | direct (a paired image
+    #                             noised to t, x̂0 in one step: no chain from noise)
     k: int = 5  # last_k: the last K steps carry gradient
     k_min: int = 1  # random_k / x0_shortcut: smallest K (drawn once per batch)
     k_max: int = 5  # random_k / x0_shortcut: largest K
+    direct_t_min: int = 200  # direct: smallest training timestep t (of 1000), drawn per batch
+    direct_t_max: int = 800  # direct: largest
     no_grad_encoder: str = "original"  # which text encoder drives the no-grad steps
     checkpointing: bool = True  # gradient checkpointing on every UNet call with gradient
     test_finetuned_steps: int = 0  # evaluation/generation: fine-tuned encoder drives the last M
@@ -77,9 +81,12 @@ class SampleConfig:
         t = self.num_steps
         require(0 <= self.test_finetuned_steps <= t, "sample.test_finetuned_steps",
                 f"must be in [0, num_steps={t}], got {self.test_finetuned_steps}")
+        require(0 <= self.direct_t_min <= self.direct_t_max <= 999, "sample.direct_t_min/max",
+                f"need 0 <= direct_t_min <= direct_t_max <= 999, got {self.direct_t_min}, "
+                f"{self.direct_t_max}")
         if self.truncation == "last_k":
             require(1 <= self.k <= t, "sample.k", f"must be in [1, num_steps={t}], got {self.k}")
-        else:
+        elif self.truncation != "direct":
             require(1 <= self.k_min <= t, "sample.k_min",
                     f"must be in [1, num_steps={t}], got {self.k_min}")
             require(self.k_min <= self.k_max <= t, "sample.k_max",
@@ -129,8 +136,12 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    prompts: str | None = None  # .txt/.csv/.tsv prompt file; None = the bundled prompt set
+    prompts: str | None = None  # .txt/.csv/.tsv prompt file, or "shapes" (ShapesWorld
+    #                             captions); None = the bundled set (shapes for that preset)
     column: str | None = None  # csv/tsv column with the prompt (default Prompt/prompt/text)
+    pairs: str | None = None  # direct truncation's image–caption pairs: "shapes" or a folder
+    #                           of images with same-name .txt captions; None = shapes for that
+    #                           preset
     heldout_count: int = 8  # held-out evaluation prompts, split off by seed
     eval_seeds: tuple[int, ...] = (0, 1)  # noise seeds per held-out prompt at evaluation
 
@@ -142,21 +153,25 @@ class DataConfig:
 
 LPIPS_TRUNKS = ("auto", "pretrained", "random")
 IMAGE_FEATURES = ("auto", "inception", "random")
+ORACLE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     diversity: bool = True  # intra-prompt LPIPS and CLIP-embedding distance (needs >= 2 seeds)
     lpips_trunk: str = "auto"  # pretrained (downloads AlexNet) | random (offline) | auto: random
-    #                            for the tiny preset, pretrained otherwise
+    #                            for the tiny and shapes presets, pretrained otherwise
     distribution: bool = True  # KID and FID of the evaluation images against the reference set
     features: str = "auto"  # KID/FID features: inception (downloads) | random (offline) | auto
     reference_dir: str | None = None  # folder of reference images; None = the base model's
     #                                   images for the same prompts and seeds
     kid_subset_size: int = 100  # KID subset size (capped at the number of images)
+    oracle: str = "auto"  # ShapesWorld oracle accuracy (eval/oracle_*): on | off | auto: on for
+    #                       the shapes preset
 
     def __post_init__(self) -> None:
         require_choice(self.lpips_trunk, "eval.lpips_trunk", LPIPS_TRUNKS)
+        require_choice(self.oracle, "eval.oracle", ORACLE)
         require_choice(self.features, "eval.features", IMAGE_FEATURES)
         require(self.kid_subset_size >= 2, "eval.kid_subset_size",
                 f"must be >= 2, got {self.kid_subset_size}")
@@ -201,6 +216,15 @@ class RunConfig:
     output_dir: str = "runs/textcraftor"  # run folder: config.json, metrics.jsonl, checkpoints
 
     def __post_init__(self) -> None:
+        if self.model.source == "shapes":
+            for name in self.reward.active():
+                require(name in SHAPES_REWARDS or name in self.reward.sources,
+                        f"reward.weights.{name}", f"the shapes preset has rewards "
+                        f"{SHAPES_REWARDS} only (or set reward.sources.{name})")
+        require(self.sample.truncation != "direct" or self.data.pairs is not None
+                or self.model.source == "shapes", "data.pairs",
+                "sample.truncation=direct needs image–caption pairs: 'shapes' or a folder of "
+                "images with same-name .txt captions")
         require(not self.eval.diversity or len(self.data.eval_seeds) >= 2, "data.eval_seeds",
                 "eval.diversity needs at least 2 evaluation seeds per prompt")
         images = self.data.heldout_count * len(self.data.eval_seeds)

@@ -64,6 +64,26 @@ def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
     return torch.stack(images).float() / 255.0
 
 
+def oracle_metrics(images: torch.Tensor, prompts: Sequence[str], seeds: int,
+                   per_prompt: dict[str, list[float]]) -> dict[str, float]:
+    """``eval/oracle_<attribute>``: the ShapesWorld oracle's accuracy over every image whose
+    prompt mentions the attribute (not differentiable; attributes no prompt mentions are left
+    out), and ``eval/oracle_scored``, the number of images it could score. Each prompt's
+    ``oracle_all`` (mean over its seeds; NaN if unscored) goes into ``per_prompt``."""
+    from textcraftor.shapes.oracle import image_alignments, mean_alignment
+
+    repeated = [p for p in prompts for _ in range(seeds)]  # images are prompt-major
+    scores = image_alignments(images, repeated)
+    per_prompt["oracle_all"] = [
+        mean_alignment(scores[i * seeds:(i + 1) * seeds], [p] * seeds)["all"]
+        for i, p in enumerate(prompts)]
+    total = mean_alignment(scores, repeated)
+    metrics = {f"eval/oracle_{k}": v for k, v in total.items()
+               if k not in ("unscored", "out_of_vocabulary") and v == v}
+    metrics["eval/oracle_scored"] = float(len(repeated) - total["unscored"])
+    return metrics
+
+
 class Evaluator:
     """Scores one batch of evaluation images. The metric networks load on first use."""
 
@@ -79,7 +99,12 @@ class Evaluator:
         self._clip_features: torch.nn.Module | None = None
 
     def _offline_defaults(self) -> bool:
-        return self.config.model.source == "tiny"
+        return self.config.model.source in ("tiny", "shapes")
+
+    @property
+    def oracle(self) -> bool:
+        setting = self.config.eval.oracle
+        return setting == "on" or (setting == "auto" and self.config.model.source == "shapes")
 
     @property
     def clip(self) -> Reward:
@@ -144,6 +169,8 @@ class Evaluator:
                                           embedding_distance(self.clip_features))
             metrics["eval/diversity_clip"] = clip.mean().item()
             per_prompt["diversity_clip"] = clip.tolist()
+        if self.oracle:
+            metrics.update(oracle_metrics(images, prompts, s, per_prompt))
         if e.distribution and reference is not None:
             reference = reference.to(self.device)
             found = distribution_distances(images_on_device, reference, self.image_features,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .rewards.open_clip_reward import OpenClipReward
+from .rewards.pickscore import ClipModelSimilarity
 from .rewards.preprocess import check_images, to_clip_pixels
 
 # A frozen module: float images [N,3,H,W] in [0,1] (any H, W) → features [N, D].
@@ -96,9 +97,10 @@ def inception_image_features(weights_path: str | None = None) -> InceptionImageF
 
 
 class ClipImageFeatures(nn.Module):
-    """L2-normalised image embeddings [N, D] of an open_clip reward's image tower."""
+    """L2-normalised image embeddings [N, D] of a CLIP reward's image tower (open_clip or
+    transformers)."""
 
-    def __init__(self, reward: OpenClipReward) -> None:
+    def __init__(self, reward: OpenClipReward | ClipModelSimilarity) -> None:
         super().__init__()
         self.reward = reward
 
@@ -106,10 +108,10 @@ class ClipImageFeatures(nn.Module):
         reward = self.reward
         pixels = to_clip_pixels(images.to(reward.dtype), reward.image_size, reward.mean,
                                 reward.std)
-        return F.normalize(reward.model.encode_image(pixels), dim=-1)
+        return F.normalize(reward.image_embeddings(pixels), dim=-1)
 
 
-def clip_image_features(reward: OpenClipReward) -> ClipImageFeatures:
+def clip_image_features(reward: OpenClipReward | ClipModelSimilarity) -> ClipImageFeatures:
     return ClipImageFeatures(reward)
 
 

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
+from textcraftor.config import PRESETS
 from textcraftor.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ _PRESET_FILES = ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model
                  "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json",
                  "scheduler/scheduler_config.json")
 _HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+
+# The ShapesWorld base model (``python -m textcraftor.shapes.pretrain``), committed with the
+# package; TEXTCRAFTOR_SHAPES_WEIGHTS points the preset at another folder.
+SHAPES_WEIGHTS = Path(__file__).parent / "shapes" / "weights"
+SHAPES_CLIP = "clip"  # the whole small CLIP (CLIPModel), for the rewards
+SHAPES_AESTHETIC_HEAD = "aesthetic/head.safetensors"  # AestheticHead on the CLIP's embedding
+SHAPES_REBUILD = "python -m textcraftor.shapes.pretrain --out {folder}"
 
 
 @dataclass
@@ -209,14 +217,47 @@ def build_sd15_random(
 # --- loading -------------------------------------------------------------------------------
 
 
+class DamagedWeightsError(FileNotFoundError):
+    """A preset's weight file is missing or not what was written; the message says how to
+    rebuild it."""
+
+
+def shapes_folder() -> Path:
+    """The ShapesWorld weights, every file checked against ``checksums.json`` (~50 ms)."""
+    folder = Path(os.environ.get("TEXTCRAFTOR_SHAPES_WEIGHTS", SHAPES_WEIGHTS)).expanduser()
+    rebuild = SHAPES_REBUILD.format(folder=folder)
+    manifest = folder / "checksums.json"
+    if not manifest.is_file():
+        raise DamagedWeightsError(f"ShapesWorld weights missing: no {manifest}; rebuild them "
+                                  f"with `{rebuild}` (about an hour on 2 CPU cores)")
+    import hashlib
+    import json
+
+    for name, expected in json.loads(manifest.read_text()).items():
+        path = folder / name
+        if not path.is_file():
+            raise DamagedWeightsError(f"ShapesWorld weight file missing: {path}; rebuild with "
+                                      f"`{rebuild}`")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise DamagedWeightsError(
+                f"ShapesWorld weight file damaged: {path} (SHA-256 {digest[:12]}…, expected "
+                f"{expected[:12]}… from {manifest.name}); restore it with `git checkout -- "
+                f"{path}` or rebuild with `{rebuild}`")
+    return folder
+
+
 def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     """A local folder or hub id for ``source``; builds the tiny preset when asked.
 
-    Raises FileNotFoundError for a path that does not exist (anything that is not a hub id).
+    Raises FileNotFoundError for a path that does not exist (anything that is not a hub id),
+    DamagedWeightsError for a missing or damaged ``shapes`` weight file.
     """
     if source == "tiny":
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         return str(build_tiny_preset(cache / f"tiny-{PRESET_VERSION}-0"))
+    if source == "shapes":
+        return str(shapes_folder())
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "unet").is_dir():
@@ -228,7 +269,8 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
         return source
     raise FileNotFoundError(
-        f"model.source {source!r}: no such folder, and not a preset (tiny, sd15-random) or hub id"
+        f"model.source {source!r}: no such folder, and not a preset ({', '.join(PRESETS)}) or "
+        f"hub id"
     )
 
 
@@ -237,8 +279,9 @@ def load_pipeline(
 ) -> Pipeline:
     """Load tokenizer, text encoder (trainable + frozen copy), UNet, VAE and a DDIM scheduler.
 
-    UNet, VAE and the copy are frozen (``requires_grad=False``, eval mode). Weights stay fp32;
-    mixed precision is applied with autocast by the caller.
+    UNet, VAE and the copy are frozen (``requires_grad=False``, eval mode). Weights are loaded
+    in fp32 whatever their stored dtype (the shapes preset stores fp16); mixed precision is
+    applied with autocast by the caller.
     """
     if source == "sd15-random":
         return build_sd15_random(tokenizer_folder=Path(cache_dir or default_cache_dir())
@@ -247,9 +290,12 @@ def load_pipeline(
     kwargs = {"revision": revision} if revision else {}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder",
+                                                     dtype=torch.float32, **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet",
+                                                    torch_dtype=torch.float32, **kwargs)
+        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=torch.float32,
+                                            **kwargs)
         scheduler = DDIMScheduler.from_pretrained(where, subfolder="scheduler", **kwargs)
     except OSError as error:
         raise FileNotFoundError(

@@ -48,22 +48,38 @@ class Objective(nn.Module):
 def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
                    names: Iterable[str] | None = None) -> dict[str, RewardSource | None]:
     """Where each reward's weights come from (``names``, default: the active ones): tiny models
-    for the tiny preset, the real checkpoints otherwise (``None`` = the reward's real default),
-    user overrides first."""
-    tiny = None
+    for the tiny preset, the world's CLIP and aesthetic head for the shapes preset, the real
+    checkpoints otherwise (``None`` = the reward's real default), user overrides first."""
+    preset = None
     if model_source == "tiny":
         from textcraftor.models import PRESET_VERSION, default_cache_dir
 
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        tiny = build_tiny_rewards(cache / f"tiny-rewards-{PRESET_VERSION}-0")
+        preset = build_tiny_rewards(cache / f"tiny-rewards-{PRESET_VERSION}-0")
+    elif model_source == "shapes":
+        preset = shapes_rewards()
     sources: dict[str, RewardSource | None] = {}
     for name in config.active() if names is None else names:
         override = config.sources.get(name)
         if override is not None:
             sources[name] = RewardSource(override.source, override.backbone)
+        elif preset is not None and name not in preset:
+            raise ValueError(f"reward.weights.{name}: the {model_source} preset has rewards "
+                             f"{', '.join(preset)} only; set reward.sources.{name} to use "
+                             f"real weights")
         else:
-            sources[name] = tiny[name] if tiny is not None else None
+            sources[name] = preset[name] if preset is not None else None
     return sources
+
+
+def shapes_rewards() -> dict[str, RewardSource]:
+    """ShapesWorld's rewards: the aesthetic head on its CLIP, and CLIP similarity."""
+    from textcraftor.models import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
+
+    folder = shapes_folder()
+    clip = str(folder / SHAPES_CLIP)
+    return {"aesthetic": RewardSource(str(folder / SHAPES_AESTHETIC_HEAD), backbone=clip),
+            "clip": RewardSource(clip, backbone=str(folder / "tokenizer"))}
 
 
 def check_reward_sources(config: RewardConfig) -> None:

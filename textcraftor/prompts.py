@@ -17,6 +17,8 @@ PROMPT_COLUMN_CANDIDATES = ("Prompt", "prompt", "text")
 DEFAULT_CATEGORY_COLUMN = "Category"
 ALLOWED_EXTENSIONS = (".txt", ".csv", ".tsv")
 BUNDLED_PROMPTS_NAME = "bundled prompts (textcraftor/data/prompts.txt)"
+SHAPES_PROMPTS = "shapes"  # data.prompts value: ShapesWorld captions, generated
+SHAPES_PROMPT_COUNT = 256
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ def load_prompts(
 ) -> list[Prompt]:
     """Prompts in file order, whitespace-stripped, empty rows dropped, duplicates kept.
 
-    ``None`` reads the bundled set. ``.txt``: one prompt per line, lines starting with ``#``
+    ``None`` reads the bundled set, ``"shapes"`` generates ShapesWorld captions (category: the
+    number of shapes). ``.txt``: one prompt per line, lines starting with ``#``
     skipped. ``.csv``/``.tsv``: ``column`` defaults to the first of ``Prompt``, ``prompt``,
     ``text`` present; ``category_column`` defaults to ``Category`` when present.
     """
@@ -46,6 +49,9 @@ def load_prompts(
         _reject_column_arguments(column, category_column, BUNDLED_PROMPTS_NAME)
         text = (resources.files("textcraftor") / "data" / "prompts.txt").read_text("utf-8")
         return _require_nonempty(_parse_txt(text), BUNDLED_PROMPTS_NAME)
+    if str(path) == SHAPES_PROMPTS:
+        _reject_column_arguments(column, category_column, "shapes prompts")
+        return shapes_prompts()
 
     path = Path(path)
     extension = path.suffix.lower()
@@ -67,6 +73,38 @@ def load_prompts(
         delimiter = "\t" if extension == ".tsv" else ","
         prompts = _parse_table(text, path, delimiter, column, category_column)
     return _require_nonempty(prompts, str(path))
+
+
+def shapes_prompts(count: int = SHAPES_PROMPT_COUNT, seed: int = 0) -> list[Prompt]:
+    """Distinct ShapesWorld captions from a dataset seed no pretraining stage used."""
+    from textcraftor.shapes.world import ShapesDataset
+
+    dataset, prompts, seen, index = ShapesDataset(seed=seed + 7), [], set(), 0
+    while len(prompts) < count:
+        scene, text = dataset.scene_and_caption(index)
+        index += 1
+        if text not in seen:
+            seen.add(text)
+            count_word = "1 shape" if len(scene.shapes) == 1 else f"{len(scene.shapes)} shapes"
+            prompts.append(Prompt(text, count_word))
+    return prompts
+
+
+def warn_unscorable(prompts: Sequence[Prompt]) -> int:
+    """Log once how many prompts the ShapesWorld oracle cannot (fully) score; their number."""
+    import logging
+
+    from textcraftor.shapes.world import parse_prompt
+
+    unscorable = [(p.text, unknown) for p in prompts
+                  for scene, unknown in [parse_prompt(p.text)] if scene is None or unknown]
+    if unscorable:
+        text, unknown = unscorable[0]
+        logging.getLogger(__name__).warning(
+            "%d of %d prompts have words outside ShapesWorld's vocabulary or name no shape: the "
+            "oracle cannot score them (they still train), e.g. %r (%s)", len(unscorable),
+            len(prompts), text[:80], ", ".join(unknown) or "no shape named")
+    return len(unscorable)
 
 
 def _reject_column_arguments(column: str | None, category_column: str | None, source: str) -> None:

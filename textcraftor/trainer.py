@@ -33,13 +33,15 @@ from textcraftor.objective import (
     check_reward_sources,
     reward_sources,
 )
-from textcraftor.prompts import PromptSampler, load_prompts, split_prompts
+from textcraftor.pairs import SHAPES_PAIRS, load_pairs
+from textcraftor.prompts import PromptSampler, load_prompts, split_prompts, warn_unscorable
 from textcraftor.sampler import (
     PromptTokenizer,
     decode,
     denoise,
     draw_truncation,
     guidance_context,
+    guided_noise,
     initial_noise,
     latent_shape,
 )
@@ -136,10 +138,18 @@ class TextCraftor:
         m, d = config.model, config.data
         self.autocast = autocast_dtype(m.mixed_precision, self.device)
         # Everything cheap and checkable first: a bad prompt file fails before models load.
-        self.split = split_prompts(load_prompts(d.prompts, column=d.column),
-                                   heldout_count=d.heldout_count, seed=config.train.seed)
+        prompts = load_prompts(d.prompts or ("shapes" if m.source == "shapes" else None),
+                               column=d.column)
+        if m.source == "shapes":
+            warn_unscorable(prompts)
+        self.split = split_prompts(prompts, heldout_count=d.heldout_count,
+                                   seed=config.train.seed)
         self.prompt_sampler = PromptSampler(self.split.train, config.train.batch_size,
                                             config.train.seed, rank, world_size)
+        self.pairs = None  # direct fine-tuning's image–caption pairs
+        if config.sample.truncation == "direct":
+            self.pairs = load_pairs(d.pairs or SHAPES_PAIRS, config.sample.resolution,
+                                    config.train.seed)
         if objective is None:
             check_reward_sources(config.reward)
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision)).to(
@@ -215,6 +225,28 @@ class TextCraftor:
             images = decode(pipe.vae, x0)
             return self.objective(images, prompts)
 
+    def direct_loss(self, images: torch.Tensor, captions: Sequence[str],
+                    generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Direct fine-tuning: the paired images [B,3,H,W] in [0,1] noised to one t (drawn per
+        batch in [direct_t_min, direct_t_max]), x̂0 predicted in one guided UNet call whose
+        context comes from the trainable encoder, decoded and scored against the captions.
+        Gradient reaches the encoder through that one call."""
+        pipe, s = self.pipeline, self.config.sample
+        ids = self.tokens(captions)
+        t = int(torch.randint(s.direct_t_min, s.direct_t_max + 1, (1,), generator=generator))
+        with self._autocast():
+            context = guidance_context(self.encoder, ids, self.empty_ids, s.guidance_scale)
+            with torch.no_grad():
+                clean = pipe.vae.encode(images.to(self.device) * 2 - 1).latent_dist.mean
+                clean = clean * pipe.vae.config.scaling_factor
+            noise = torch.randn(clean.shape, generator=generator).to(self.device)
+            alpha_bar = pipe.scheduler.alphas_cumprod[t].to(self.device)
+            noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
+            timestep = torch.tensor(t, device=self.device)
+            eps = guided_noise(pipe.unet, noisy, timestep, context, s.guidance_scale)
+            x0 = (noisy - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+            return self.objective(decode(pipe.vae, x0), captions)
+
     def train_step(self, step: int) -> dict[str, float]:
         """Gradient accumulation over micro-batches, clipping, one AdamW step; returns metrics."""
         t, s = self.config.train, self.config.sample
@@ -222,13 +254,22 @@ class TextCraftor:
         sums: dict[str, torch.Tensor] = {}
         ks = []
         for micro in range(t.grad_accum):
-            truncation = draw_truncation(s, random.Random(f"k:{t.seed}:{step}:{micro}"))
-            ks.append(truncation.grad_steps(s.num_steps))
-            prompts = [p.text for p in self.prompt_sampler.batch((step - 1) * t.grad_accum + micro)]
-            seeds = _noise_seeds(t.seed, step, micro, self.rank, count=len(prompts))
+            index = (step - 1) * t.grad_accum + micro
             sync = micro == t.grad_accum - 1 or not hasattr(self.encoder, "no_sync")
             with contextlib.nullcontext() if sync else self.encoder.no_sync():
-                loss, scores = self.forward_loss(prompts, seeds, truncation)
+                if self.pairs is not None:
+                    ks.append(1)
+                    start = (index * self.world_size + self.rank) * t.batch_size
+                    images, captions = self.pairs.batch(start, t.batch_size)
+                    generator = torch.Generator().manual_seed(
+                        _noise_seeds(t.seed, step, micro, self.rank, count=1)[0])
+                    loss, scores = self.direct_loss(images, captions, generator)
+                else:
+                    truncation = draw_truncation(s, random.Random(f"k:{t.seed}:{step}:{micro}"))
+                    ks.append(truncation.grad_steps(s.num_steps))
+                    prompts = [p.text for p in self.prompt_sampler.batch(index)]
+                    seeds = _noise_seeds(t.seed, step, micro, self.rank, count=len(prompts))
+                    loss, scores = self.forward_loss(prompts, seeds, truncation)
                 if step == t.inject_nan_at:
                     loss = loss * float("nan")
                 self.scaler.scale(loss / t.grad_accum).backward()

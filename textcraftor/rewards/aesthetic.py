@@ -45,7 +45,13 @@ class AestheticHead(nn.Module):
 
 
 def load_aesthetic_head(path: str | Path) -> AestheticHead:
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    """LAION's ``.pth`` state dict, or the same keys in a ``.safetensors`` file."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = {k: v.float() for k, v in load_file(path).items()}
+    else:
+        state = torch.load(path, weights_only=True, map_location="cpu")
     head = AestheticHead(input_dim=state["layers.0.weight"].shape[1])
     head.load_state_dict(state)
     return head
@@ -76,6 +82,7 @@ def load_aesthetic(source: RewardSource) -> AestheticReward:
     if source.backbone is None:
         raise ValueError("aesthetic needs backbone= the CLIP ViT-L/14 tower (hub id or folder)")
     head = load_aesthetic_head(resolve_file(source.source))
-    tower = CLIPVisionModelWithProjection.from_pretrained(hub_or_folder(source.backbone))
+    tower = CLIPVisionModelWithProjection.from_pretrained(hub_or_folder(source.backbone),
+                                                          dtype=torch.float32)
     log.info("aesthetic: head %s on CLIP tower %s", source.source, source.backbone)
     return AestheticReward(tower, head)

@@ -75,8 +75,12 @@ class OpenClipReward(Reward):
         tokens = self.tokenizer(prompts).to(self.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
 
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels (B,3,S,S) -> unnormalised image embeddings (B, D)."""
+        return self.model.encode_image(pixels)
+
     def score(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        image = F.normalize(self.model.encode_image(pixels), dim=-1)
+        image = F.normalize(self.image_embeddings(pixels), dim=-1)
         return (image * self.text_features(prompts).to(image.dtype)).sum(dim=-1)
 
 

@@ -205,25 +205,29 @@ def alignment(image: Image.Image | np.ndarray, prompt: str) -> Scores:
     return compare(expected, read_scene(image))
 
 
-def batch_alignment(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
-    """Mean of each score over float images [N,3,H,W] in [0,1] (NaN where no prompt mentions
-    the attribute), plus ``unscored``, the number of prompts that name no shape, and
-    ``out_of_vocabulary``, the number with words the oracle cannot score."""
+def image_alignments(images: torch.Tensor, prompts: Sequence[str]) -> list[Scores]:
+    """``alignment`` of each float image [N,3,H,W] in [0,1] against its prompt."""
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
         raise ValueError(f"expected images [N,3,H,W] for {len(prompts)} prompts, "
                          f"got {tuple(images.shape)}")
     pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-    totals: dict[str, list[float]] = {name: [] for name in SCORES}
-    unscored = out_of_vocabulary = 0
-    for array, prompt in zip(pixels, prompts):
-        expected, unknown = parse_prompt(prompt)
-        out_of_vocabulary += bool(unknown)
-        if expected is None:
-            unscored += 1
-            continue
-        for name, value in compare(expected, read_scene(array)).items():
-            if value is not None:
-                totals[name].append(value)
-    means = {name: float(np.mean(v)) if v else math.nan for name, v in totals.items()}
+    return [alignment(array, prompt) for array, prompt in zip(pixels, prompts)]
+
+
+def mean_alignment(scores: Sequence[Scores], prompts: Sequence[str]) -> dict[str, float]:
+    """Mean of each score (NaN where no prompt mentions the attribute), plus ``unscored``, the
+    number of prompts that name no shape, and ``out_of_vocabulary``, the number with words the
+    oracle cannot score."""
+    means = {}
+    for name in SCORES:
+        values = [s[name] for s in scores if s[name] is not None]
+        means[name] = float(np.mean(values)) if values else math.nan
+    unscored = sum(s["all"] is None for s in scores)
+    out_of_vocabulary = sum(bool(parse_prompt(p)[1]) for p in prompts)
     return {**means, "unscored": float(unscored), "out_of_vocabulary": float(out_of_vocabulary)}
+
+
+def batch_alignment(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    """``mean_alignment`` over float images [N,3,H,W] in [0,1] and their prompts."""
+    return mean_alignment(image_alignments(images, prompts), prompts)
