@@ -143,7 +143,8 @@ def test_report_on_unknown_experiment_fails_clearly(store, run_module, tmp_path)
     assert result.returncode == 2 and "no MLflow experiment 'missing'" in result.stderr
 
 
-NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("*.ipynb"))
+# The notebooks that read a study's MLflow store (05 trains its own runs: test_shapes_preset).
+NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("0[1-4]_*.ipynb"))
 
 
 def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, tmp_path):
