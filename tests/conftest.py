@@ -147,11 +147,11 @@ def tiny_sweep(tmp_path_factory):
     import json
     import time
 
-    from sweep_helpers import PARTI_PROMPTS, run_sweep
+    from sweep_helpers import PARTI_PROMPTS, TINY, run_sweep
 
     tmp = tmp_path_factory.mktemp("sweep")
     started = time.perf_counter()
-    result = run_sweep(tmp, "--num-samples", "3", "--set", "name=e2e",
+    result = run_sweep(tmp, *TINY, "--num-samples", "3", "--set", "name=e2e",
                        "--set", f"base.data.prompts={PARTI_PROMPTS}",
                        "--set", "base.data.heldout_count=4",
                        "--set", "fault_injection={param: w_aesthetic, value: 1.0, nan_at_step: 2}")

@@ -24,6 +24,9 @@ SMALL = [
     "--set", "base.train.save_every=2", "--set", "base.data.heldout_count=2",
     "--set", "search.k.high=2",
 ]
+# The tiny preset, for tests that need speed or prompts outside ShapesWorld (the default study
+# runs the shapes preset).
+TINY = ["--set", "base.model.source=tiny"]
 
 
 def sweep_command(tmp: Path, *args: str) -> list[str]:

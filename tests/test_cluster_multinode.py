@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import SMALL, mlflow_server, rest, stop_process_group
+from sweep_helpers import SMALL, TINY, mlflow_server, rest, stop_process_group
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "textcraftor-study"
@@ -40,7 +40,7 @@ def sweep_args(results: Path, tracking_uri: str, address: str, *extra: str) -> l
     import sys
 
     return [sys.executable, "-m", "study.sweep", "--address", address,
-            "--results-dir", str(results), "--tracking-uri", tracking_uri, *SMALL,
+            "--results-dir", str(results), "--tracking-uri", tracking_uri, *SMALL, *TINY,
             "--set", "base.train.steps=8", "--set", "base.train.save_every=2",
             "--set", "base.train.eval_every=4",
             "--set", "resources.placement_strategy=STRICT_SPREAD",
@@ -126,7 +126,8 @@ def test_tracking_server_lost_mid_sweep_is_reported_and_training_goes_on(tmp_pat
     with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path) as (base, server):
         driver = subprocess.Popen(
             [sys.executable, "-m", "study.sweep", "--results-dir", str(tmp_path / "sweeps"),
-             "--tracking-uri", base, *SMALL, "--num-samples", "1", "--set", "name=untracked"],
+             "--tracking-uri", base, *SMALL, *TINY, "--num-samples", "1",
+             "--set", "name=untracked"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         trials = tmp_path / "sweeps" / "untracked" / "trials"

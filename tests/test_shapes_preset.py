@@ -99,20 +99,21 @@ def test_a_damaged_or_missing_weight_file_names_itself_and_the_rebuild(tmp_path,
     assert ("missing" if damage == "delete" else "damaged") in message
 
 
-def test_the_train_command_exits_2_on_damaged_weights(run_module, tmp_path):
+def test_the_commands_exit_2_on_missing_weights_before_any_work(run_module, tmp_path,
+                                                                monkeypatch):
     copy = tmp_path / "weights"
     shutil.copytree(SHAPES_WEIGHTS, copy)
-    (copy / "checksums.json").unlink()
-    import os
-
-    os.environ["TEXTCRAFTOR_SHAPES_WEIGHTS"] = str(copy)
-    try:
-        result = run_module("textcraftor.train", "--set", "model.source=shapes",
-                            "--set", f"output_dir={tmp_path / 'run'}")
-    finally:
-        del os.environ["TEXTCRAFTOR_SHAPES_WEIGHTS"]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "python -m textcraftor.shapes.pretrain" in result.stderr
+    (copy / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    monkeypatch.setenv("TEXTCRAFTOR_SHAPES_WEIGHTS", str(copy))
+    train = run_module("textcraftor.train", "--set", "model.source=shapes",
+                       "--set", f"output_dir={tmp_path / 'run'}")
+    sweep = run_module("study.sweep", "--results-dir", str(tmp_path / "sweeps"),
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    for result in (train, sweep):
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "vae/diffusion_pytorch_model.safetensors" in result.stderr
+        assert f"python -m textcraftor.shapes.pretrain --out {copy}" in result.stderr
+    assert not (tmp_path / "sweeps" / "default").exists()  # before Ray and the sweep folder
 
 
 def test_quality_score_prefers_bold_centred_clean_shapes():

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_default_and_sd15_configs_load():
     default = load_study_config()
-    assert default.base.model.source == "tiny"
+    assert default.base.model.source == "shapes"
     assert set(default.search.searched()) == {"w_aesthetic", "clip_constraint", "k"}
     assert default.objectives.names == ("quality", "diversity")
     sd15 = load_study_config(REPO / "study" / "configs" / "sd15.yaml")

@@ -70,6 +70,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    """On the default study (the shapes preset), with few steps."""
     command = sweep_command(tmp_path, "--num-samples", "2", "--set", "name=resumable")
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -111,6 +112,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert len({r.data.tags["textcraftor.trial_id"] for r in children}) == 2
     _, _, baselines = child_runs(tmp_path, "resumable", kind="baseline")
     assert [r.info.status for r in baselines] == ["FINISHED"]  # evaluated once, not again
+    # the default study runs ShapesWorld: the oracle's accuracy is tracked beside the rewards
+    for run in [*children, *baselines]:
+        for name in ("eval/oracle_colour", "eval/oracle_shape", "eval/oracle_all"):
+            assert 0.0 <= run.data.metrics[name] <= 1.0, (run.data.tags, name)
     # the trials finished before the interruption were not run again
     for trial_id in finished_before:
         assert (trials_dir / trial_id / "metrics.jsonl").read_text() == before[trial_id]
