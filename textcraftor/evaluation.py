@@ -69,14 +69,14 @@ def oracle_metrics(images: torch.Tensor, prompts: Sequence[str], seeds: int,
     """``eval/oracle_<attribute>``: the ShapesWorld oracle's accuracy over every image whose
     prompt mentions the attribute (not differentiable; attributes no prompt mentions are left
     out), and ``eval/oracle_scored``, the number of images it could score. Each prompt's
-    ``oracle_all`` (mean over its seeds; NaN if unscored) goes into ``per_prompt``."""
+    ``oracle_all`` (mean over its seeds; None if unscored) goes into ``per_prompt``."""
     from textcraftor.shapes.oracle import image_alignments, mean_alignment
 
     repeated = [p for p in prompts for _ in range(seeds)]  # images are prompt-major
     scores = image_alignments(images, repeated)
-    per_prompt["oracle_all"] = [
-        mean_alignment(scores[i * seeds:(i + 1) * seeds], [p] * seeds)["all"]
-        for i, p in enumerate(prompts)]
+    by_prompt = [mean_alignment(scores[i * seeds:(i + 1) * seeds], [p] * seeds)["all"]
+                 for i, p in enumerate(prompts)]
+    per_prompt["oracle_all"] = [None if v != v else v for v in by_prompt]  # JSON has no NaN
     total = mean_alignment(scores, repeated)
     metrics = {f"eval/oracle_{k}": v for k, v in total.items()
                if k not in ("unscored", "out_of_vocabulary") and v == v}

@@ -77,12 +77,28 @@ class AestheticReward(Reward):
         return self.head(self.embed(pixels)).squeeze(-1)
 
 
+def load_vision_tower(where: str) -> CLIPVisionModelWithProjection:
+    """The image tower of a CLIP vision folder or of a whole ``CLIPModel`` folder (ShapesWorld's
+    ``clip/``: its text tower's weights are expected to go unused, so transformers' report
+    listing them is silenced)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    whole_clip = AutoConfig.from_pretrained(where).model_type == "clip"
+    level = hf_logging.get_verbosity()
+    if whole_clip:
+        hf_logging.set_verbosity_error()
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(where, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_aesthetic(source: RewardSource) -> AestheticReward:
     """``source.source``: the head file; ``source.backbone``: the CLIP vision tower."""
     if source.backbone is None:
         raise ValueError("aesthetic needs backbone= the CLIP ViT-L/14 tower (hub id or folder)")
     head = load_aesthetic_head(resolve_file(source.source))
-    tower = CLIPVisionModelWithProjection.from_pretrained(hub_or_folder(source.backbone),
-                                                          dtype=torch.float32)
+    tower = load_vision_tower(hub_or_folder(source.backbone))
     log.info("aesthetic: head %s on CLIP tower %s", source.source, source.backbone)
     return AestheticReward(tower, head)
