@@ -25,7 +25,7 @@ import pandas as pd
 # On top of the default study's base run (study/configs/default.yaml: ShapesWorld): evaluate at
 # the start (the base row) and the end only, and keep the sample grids for the notebook.
 RUN_OVERRIDES = ("train.eval_every=0", "train.sample_grid=true", "train.eval_at_start=true")
-METRICS = ("aesthetic", "clip", "quality", "oracle_all", "oracle_colour", "oracle_shape",
+METRICS = ("aesthetic", "clip", "oracle_all", "oracle_colour", "oracle_shape",
            "oracle_position", "diversity_lpips", "kid")
 MODES = ("last_k", "direct")
 
