@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 PROMPT_COLUMN_CANDIDATES = ("Prompt", "prompt", "text")
 DEFAULT_CATEGORY_COLUMN = "Category"
 ALLOWED_EXTENSIONS = (".txt", ".csv", ".tsv")
@@ -92,15 +94,13 @@ def shapes_prompts(count: int = SHAPES_PROMPT_COUNT, seed: int = 0) -> list[Prom
 
 def warn_unscorable(prompts: Sequence[Prompt]) -> int:
     """Log once how many prompts the ShapesWorld oracle cannot (fully) score; their number."""
-    import logging
-
     from textcraftor.shapes.world import parse_prompt
 
     unscorable = [(p.text, unknown) for p in prompts
                   for scene, unknown in [parse_prompt(p.text)] if scene is None or unknown]
     if unscorable:
         text, unknown = unscorable[0]
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%d of %d prompts have words outside ShapesWorld's vocabulary or name no shape: the "
             "oracle cannot score them (they still train), e.g. %r (%s)", len(unscorable),
             len(prompts), text[:80], ", ".join(unknown) or "no shape named")
