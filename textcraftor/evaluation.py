@@ -22,10 +22,10 @@ from textcraftor.metrics import (
     random_image_features,
 )
 from textcraftor.objective import Objective
+from textcraftor.pairs import IMAGE_SUFFIXES
 from textcraftor.rewards import Reward
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
