@@ -8,6 +8,7 @@ disk; only ``sd15-random`` (multi-GB) is built in memory.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import re
@@ -223,28 +224,40 @@ class DamagedWeightsError(FileNotFoundError):
 
 
 def shapes_folder() -> Path:
-    """The ShapesWorld weights, every file checked against ``checksums.json`` (~50 ms)."""
+    """The ShapesWorld weights, every file checked against ``checksums.json``: hashed once per
+    process (~50 ms), again only when a file's size or modification time changes."""
     folder = Path(os.environ.get("TEXTCRAFTOR_SHAPES_WEIGHTS", SHAPES_WEIGHTS)).expanduser()
     rebuild = SHAPES_REBUILD.format(folder=folder)
     manifest = folder / "checksums.json"
     if not manifest.is_file():
         raise DamagedWeightsError(f"ShapesWorld weights missing: no {manifest}; rebuild them "
                                   f"with `{rebuild}` (about an hour on 2 CPU cores)")
-    import hashlib
     import json
 
+    files = []
     for name, expected in json.loads(manifest.read_text()).items():
         path = folder / name
         if not path.is_file():
             raise DamagedWeightsError(f"ShapesWorld weight file missing: {path}; rebuild with "
                                       f"`{rebuild}`")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        stat = path.stat()
+        files.append((str(path), expected, stat.st_size, stat.st_mtime_ns))
+    _verify_checksums(tuple(files), rebuild)
+    return folder
+
+
+@functools.lru_cache(maxsize=8)
+def _verify_checksums(files: tuple[tuple[str, str, int, int], ...], rebuild: str) -> None:
+    """``files``: (path, expected SHA-256, size, mtime) — the stat fields key the cache."""
+    import hashlib
+
+    for path, expected, _, _ in files:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         if digest != expected:
             raise DamagedWeightsError(
                 f"ShapesWorld weight file damaged: {path} (SHA-256 {digest[:12]}…, expected "
-                f"{expected[:12]}… from {manifest.name}); restore it with `git checkout -- "
+                f"{expected[:12]}… from checksums.json); restore it with `git checkout -- "
                 f"{path}` or rebuild with `{rebuild}`")
-    return folder
 
 
 def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:

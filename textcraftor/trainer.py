@@ -34,7 +34,13 @@ from textcraftor.objective import (
     reward_sources,
 )
 from textcraftor.pairs import SHAPES_PAIRS, load_pairs
-from textcraftor.prompts import PromptSampler, load_prompts, split_prompts, warn_unscorable
+from textcraftor.prompts import (
+    SHAPES_PROMPTS,
+    PromptSampler,
+    load_prompts,
+    split_prompts,
+    warn_unscorable,
+)
 from textcraftor.sampler import (
     PromptTokenizer,
     decode,
@@ -138,7 +144,7 @@ class TextCraftor:
         m, d = config.model, config.data
         self.autocast = autocast_dtype(m.mixed_precision, self.device)
         # Everything cheap and checkable first: a bad prompt file fails before models load.
-        prompts = load_prompts(d.prompts or ("shapes" if m.source == "shapes" else None),
+        prompts = load_prompts(d.prompts or (SHAPES_PROMPTS if m.source == "shapes" else None),
                                column=d.column)
         if m.source == "shapes":
             warn_unscorable(prompts)
