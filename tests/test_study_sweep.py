@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -69,6 +71,19 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
     assert not any(checkpoints.glob("step_0000002*"))
 
 
+def study_exists(optuna_db: Path, study_name: str) -> bool:
+    """Whether the sweep has created its Optuna study, read without writing: opening the
+    storage with Optuna while the sweep creates its schema races it for the version row."""
+    if not optuna_db.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{optuna_db}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT 1 FROM studies WHERE study_name = ?", (study_name,)).fetchone()
+    except sqlite3.OperationalError:  # no schema yet, or a writer holds the lock
+        return False
+    return row is not None
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     """On the default study (the shapes preset), with few steps."""
     command = sweep_command(tmp_path, "--num-samples", "2", "--set", "name=resumable")
@@ -80,12 +95,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     finished = []
     while time.monotonic() < deadline and driver.poll() is None:
         time.sleep(2)
-        if not optuna_db.is_file():
+        if not study_exists(optuna_db, "resumable"):
             continue
-        try:
-            trials = optuna.load_study(study_name="resumable", storage=storage).trials
-        except KeyError:  # the study is created a moment after start
-            continue
+        trials = optuna.load_study(study_name="resumable", storage=storage).trials
         finished = [t for t in trials if t.state.name == "COMPLETE"]
         if finished:
             break
