@@ -42,7 +42,7 @@ BACKGROUNDS: dict[str, RGB] = {
 }
 
 # Side of a shape's (square) bounding box, as a fraction of the image side.
-SIZES: dict[str, float] = {"small": 0.17, "large": 0.28}
+SIZES: dict[str, float] = {"small": 0.2, "large": 0.28}
 
 # Centre (x, y) of each position as fractions of the image side: the middle row and column of
 # a 3×3 grid, so shapes in different positions never overlap.
