@@ -7,8 +7,14 @@ import json
 
 import torch
 
-from textcraftor.models import load_pipeline
-from textcraftor.shapes.pretrain import PretrainConfig, pretrain
+from textcraftor.models import load_pipeline, sd15_scheduler
+from textcraftor.shapes.pretrain import (
+    MIN_SNR_GAMMA,
+    UNET_SHAPE_WEIGHT,
+    PretrainConfig,
+    pretrain,
+    unet_loss_weights,
+)
 
 
 def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
@@ -22,6 +28,9 @@ def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
         assert stats["steps"] == steps and stats["last_loss"] == stats["last_loss"]  # finite
     assert [p["step"] for p in card["stages"]["unet"]["progress"]] == [2]
     assert 0 <= card["oracle"]["colour"] <= 1 and card["oracle"]["unscored"] == 0
+    # the VAE's ceiling is measured on renders whose every attribute is known
+    assert card["vae_reconstruction_oracle"]["unscored"] == 0
+    assert "VAE's own reconstructions" in (out / "README.md").read_text()
     assert (out / "samples.png").is_file()
 
     pipeline = load_pipeline(str(out))
@@ -34,3 +43,21 @@ def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
     tower = clip.text_model.state_dict()
     for name, weight in pipeline.text_encoder.state_dict().items():
         assert torch.equal(weight, tower[name]), name
+
+
+def test_unet_loss_weights_favour_shapes_and_cap_the_easy_timesteps():
+    from diffusers import DDPMScheduler
+
+    schedule = DDPMScheduler.from_config(sd15_scheduler().config)
+    t = torch.tensor([0, 500, 999])
+    masks = torch.zeros(3, 1, 4, 4, dtype=torch.bool)
+    masks[:, :, 1, 1] = True
+    weights = unet_loss_weights(schedule, t, masks)
+    assert weights.shape == (3, 1, 4, 4)
+    assert torch.allclose(weights[:, 0, 1, 1], (1 + UNET_SHAPE_WEIGHT) * weights[:, 0, 0, 0])
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])
+    # near t = 0 the SNR is in the hundreds: its weight is γ / SNR; at t = 999 it stays 1
+    assert snr[0] > MIN_SNR_GAMMA > snr[2]
+    assert torch.allclose(weights[:, 0, 0, 0], torch.stack([MIN_SNR_GAMMA / snr[0],
+                                                            torch.tensor(1.0),
+                                                            torch.tensor(1.0)]).float())
