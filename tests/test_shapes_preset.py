@@ -12,7 +12,12 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from textcraftor.config import ConfigError, load_run_config
-from textcraftor.models import SHAPES_WEIGHTS, DamagedWeightsError, load_pipeline
+from textcraftor.models import (
+    SHAPES_WEIGHTS,
+    DamagedWeightsError,
+    load_pipeline,
+    shapes_folder,
+)
 from textcraftor.shapes import ShapesDataset
 from textcraftor.shapes.quality import quality_score, quality_terms
 
@@ -73,6 +78,11 @@ def test_preset_loads_fp16_weights_as_fp32_and_its_encoder_is_the_clip_text_towe
         assert torch.equal(weight, tower[name].float()), name
     total = sum(f.stat().st_size for f in SHAPES_WEIGHTS.rglob("*") if f.is_file())
     assert total <= 30 * 2**20, f"committed ShapesWorld files take {total / 2**20:.1f} MiB"
+
+
+def test_an_empty_weights_variable_means_the_committed_weights(monkeypatch):
+    monkeypatch.setenv("TEXTCRAFTOR_SHAPES_WEIGHTS", "")
+    assert shapes_folder() == SHAPES_WEIGHTS
 
 
 @pytest.mark.parametrize("damage", ["flip", "delete", "truncate"])

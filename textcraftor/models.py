@@ -226,7 +226,7 @@ class DamagedWeightsError(FileNotFoundError):
 def shapes_folder() -> Path:
     """The ShapesWorld weights, every file checked against ``checksums.json``: hashed once per
     process (~50 ms), again only when a file's size or modification time changes."""
-    folder = Path(os.environ.get("TEXTCRAFTOR_SHAPES_WEIGHTS", SHAPES_WEIGHTS)).expanduser()
+    folder = Path(os.environ.get("TEXTCRAFTOR_SHAPES_WEIGHTS") or SHAPES_WEIGHTS).expanduser()
     rebuild = SHAPES_REBUILD.format(folder=folder)
     manifest = folder / "checksums.json"
     if not manifest.is_file():
