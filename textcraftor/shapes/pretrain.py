@@ -53,7 +53,7 @@ from textcraftor.rewards.aesthetic import AestheticHead
 from textcraftor.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from textcraftor.sampler import PromptTokenizer
 from textcraftor.shapes.quality import quality_score
-from textcraftor.shapes.world import ShapesDataset
+from textcraftor.shapes.world import Scene, ShapesDataset
 from textcraftor.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger("textcraftor.shapes.pretrain")
@@ -227,10 +227,14 @@ def train_vae(config: PretrainConfig, clock: Clock, data) -> tuple[AutoencoderKL
     return vae, stats
 
 
+def shape_mask(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] bool: pixels away from the background (the corner pixel's colour)."""
+    return (x - x[:, :, :1, :1]).norm(dim=1, keepdim=True) > 0.35
+
+
 def shape_weights(x: torch.Tensor) -> torch.Tensor:
-    """[B,1,H,W]: 1 on the background (the corner pixel's colour), 1 + SHAPE_WEIGHT on shapes."""
-    distance = (x - x[:, :, :1, :1]).norm(dim=1, keepdim=True)
-    return 1.0 + SHAPE_WEIGHT * (distance > 0.35).float()
+    """[B,1,H,W]: 1 on the background, 1 + SHAPE_WEIGHT on shapes."""
+    return 1.0 + SHAPE_WEIGHT * shape_mask(x).float()
 
 
 @torch.no_grad()
@@ -244,7 +248,7 @@ def encode_pool(config: PretrainConfig, tokens: PromptTokenizer, text_encoder: C
         x = images.float() / 127.5 - 1
         latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
         contexts.append(text_encoder(tokens(captions), return_dict=False)[0])
-        masks.append(F.max_pool2d((shape_weights(x) > 1).float(), LATENT_FACTOR) > 0)
+        masks.append(F.max_pool2d(shape_mask(x).float(), LATENT_FACTOR) > 0)
     empty = text_encoder(tokens([""]), return_dict=False)[0]
     return UNetPool(torch.cat(latents), torch.cat(contexts), torch.cat(masks), empty)
 
@@ -508,21 +512,29 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def single_shape_scenes(count: int, seed: int) -> list[Scene]:
+    """``count`` scenes of one shape with every attribute set, deterministic from ``seed``."""
+    import random
+
+    from textcraftor.shapes.world import sample_scene
+
+    rng = random.Random(seed)
+    return [sample_scene(rng, max_shapes=1) for _ in range(count)]
+
+
 def oracle_accuracy(pipeline: Pipeline, count: int, steps: int, seed: int,
                     guidance_scale: float = 5.0, grid: Path | None = None) -> dict[str, float]:
     """The model on ``count`` single-shape prompts (every attribute named), ``steps`` DDIM
     steps: the oracle's per-attribute accuracy; the sample grid goes to ``grid``."""
-    import random
 
     from torchvision.utils import save_image
 
     from textcraftor.config import SampleConfig
     from textcraftor.generation import sample_images
     from textcraftor.shapes.oracle import batch_alignment
-    from textcraftor.shapes.world import describe, sample_scene
+    from textcraftor.shapes.world import describe
 
-    rng = random.Random(seed + 1)
-    prompts = [describe(sample_scene(rng, max_shapes=1)) for _ in range(count)]
+    prompts = [describe(scene) for scene in single_shape_scenes(count, seed + 1)]
     sample = SampleConfig(resolution=IMAGE_SIZE, num_steps=steps, guidance_scale=guidance_scale,
                           k=1)
     tokens = PromptTokenizer(pipeline.tokenizer)
@@ -541,15 +553,12 @@ def oracle_accuracy(pipeline: Pipeline, count: int, steps: int, seed: int,
 def reconstruction_accuracy(vae: AutoencoderKL, count: int, seed: int) -> dict[str, float]:
     """The oracle's per-attribute accuracy on the VAE's reconstructions (decoded posterior
     means) of ``count`` single-shape renders: what a perfect UNet could reach."""
-    import random
-
     from torchvision.transforms.functional import pil_to_tensor
 
     from textcraftor.shapes.oracle import batch_alignment
-    from textcraftor.shapes.world import describe, render, sample_scene
+    from textcraftor.shapes.world import describe, render
 
-    rng = random.Random(seed + 2)
-    scenes = [sample_scene(rng, max_shapes=1) for _ in range(count)]
+    scenes = single_shape_scenes(count, seed + 2)
     images = torch.stack([pil_to_tensor(render(scene)) for scene in scenes]).float() / 255.0
     decoded = vae.decode(vae.encode(images * 2 - 1).latent_dist.mean).sample
     scores = batch_alignment(((decoded + 1) / 2).clamp(0, 1), [describe(s) for s in scenes])
