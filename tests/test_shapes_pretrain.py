@@ -31,6 +31,9 @@ def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
     # the VAE's ceiling is measured on renders whose every attribute is known
     assert card["vae_reconstruction_oracle"]["unscored"] == 0
     assert "VAE's own reconstructions" in (out / "README.md").read_text()
+    reliance = card["attribute_reliance"]
+    assert set(reliance) == {"shape", "colour", "size", "position", "background"}
+    assert all(r["text_change"] > 0 for r in reliance.values())  # every swap changes the text
     assert (out / "samples.png").is_file()
 
     pipeline = load_pipeline(str(out))
