@@ -21,10 +21,21 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import pil_to_tensor
 
 from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.sampler import PromptTokenizer
-from textcraftor.shapes.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, describe
+from textcraftor.shapes.pretrain import LATENT_FACTOR, shape_mask, single_shape_scenes
+from textcraftor.shapes.world import (
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    describe,
+    render,
+)
 
 SWAPPABLE = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES),
              "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS)}
@@ -45,11 +56,6 @@ def swap(scene: Scene, attribute: str, rng: random.Random) -> Scene:
 def attribute_reliance(pipeline: Pipeline, count: int = 128, seed: int = 0
                        ) -> dict[str, dict[str, float]]:
     """{attribute: {"text_change", "unet_error_increase"}} over ``count`` single-shape scenes."""
-    from torchvision.transforms.functional import pil_to_tensor
-
-    from textcraftor.shapes.pretrain import LATENT_FACTOR, shape_mask, single_shape_scenes
-    from textcraftor.shapes.world import render
-
     rng = random.Random(seed)
     scenes = single_shape_scenes(count, seed + 3)
     tokens = PromptTokenizer(pipeline.tokenizer)
