@@ -44,12 +44,12 @@ TIMESTEPS = (100, 300, 500, 700, 900)  # where the ε-error is measured (SD's 10
 
 def swap(scene: Scene, attribute: str, rng: random.Random) -> Scene:
     """The single-shape ``scene`` with ``attribute`` changed to another value."""
-    if attribute == "background":
-        others = [b for b in BACKGROUNDS if b != scene.background]
-        return replace(scene, background=rng.choice(others))
     spec = scene.shapes[0]
-    others = [v for v in SWAPPABLE[attribute] if v != getattr(spec, attribute)]
-    return replace(scene, shapes=(replace(spec, **{attribute: rng.choice(others)}),))
+    current = scene.background if attribute == "background" else getattr(spec, attribute)
+    other = rng.choice([value for value in SWAPPABLE[attribute] if value != current])
+    if attribute == "background":
+        return replace(scene, background=other)
+    return replace(scene, shapes=(replace(spec, **{attribute: other}),))
 
 
 @torch.no_grad()
