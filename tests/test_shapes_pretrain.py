@@ -13,8 +13,11 @@ from textcraftor.shapes.pretrain import (
     UNET_SHAPE_WEIGHT,
     PretrainConfig,
     pretrain,
+    shape_weights,
+    shape_windows,
     unet_loss_weights,
 )
+from textcraftor.shapes.world import ShapesDataset
 
 
 def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
@@ -30,7 +33,8 @@ def test_pretrain_writes_a_loadable_pipeline_and_a_card(tmp_path):
     assert 0 <= card["oracle"]["colour"] <= 1 and card["oracle"]["unscored"] == 0
     # the VAE's ceiling is measured on renders whose every attribute is known
     assert card["vae_reconstruction_oracle"]["unscored"] == 0
-    assert "VAE's own reconstructions" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "VAE's own reconstructions" in readme and "trained on 32 px windows" in readme
     reliance = card["attribute_reliance"]
     assert set(reliance) == {"shape", "colour", "size", "position", "background"}
     assert all(r["text_change"] > 0 for r in reliance.values())  # every swap changes the text
@@ -64,3 +68,23 @@ def test_unet_loss_weights_favour_shapes_and_cap_the_easy_timesteps():
     assert torch.allclose(weights[:, 0, 0, 0], torch.stack([MIN_SNR_GAMMA / snr[0],
                                                             torch.tensor(1.0),
                                                             torch.tensor(1.0)]).float())
+
+
+def test_vae_windows_hold_a_shape_and_carry_their_pixel_weights():
+    images, _, scenes = ShapesDataset(seed=4).batch(0, 48)
+    full = images.float() / 127.5 - 1
+    weights = shape_weights(full)  # from whole images: a window's corner may lie on a shape
+    windows, window_weights = shape_windows(full, weights, 32, torch.Generator().manual_seed(0))
+    assert windows.shape == (48, 3, 32, 32) and window_weights.shape == (48, 1, 32, 32)
+    assert (window_weights > 1).flatten(1).any(1).all()  # every window holds a shape pixel
+    for image, weight, window, window_weight in zip(full, weights, windows, window_weights):
+        # each window is a true cut of its own image, and its weights are the same cut's
+        cuts = image.unfold(1, 32, 1).unfold(2, 32, 1)  # [3, 33, 33, 32, 32]
+        where = (cuts == window[:, None, None]).flatten(-2).all(-1).all(0).nonzero()
+        assert len(where) >= 1
+        top, left = where[0].tolist()
+        assert torch.equal(window_weight, weight[:, top:top + 32, left:left + 32])
+    again, _ = shape_windows(full, weights, 32, torch.Generator().manual_seed(0))
+    other, _ = shape_windows(full, weights, 32, torch.Generator().manual_seed(1))
+    assert torch.equal(windows, again) and not torch.equal(windows, other)
+    assert shape_windows(full, weights, 64, torch.Generator())[0] is full  # whole images

@@ -6,9 +6,10 @@ steps give the same weights) under one wall-clock cap:
 1. a small CLIP (``CLIPModel``: text and vision towers) trained contrastively;
 2. an "aesthetic" head (LAION's MLP layout) on the CLIP's image embedding, fitted to the
    programmatic quality score of ``textcraftor.shapes.quality`` on degraded renders;
-3. a small VAE (``AutoencoderKL``): 64 px images ↔ 16×16×4 latents, its reconstruction loss
-   (squared + absolute error of the decoded posterior mean) weighted towards the shapes' pixels
-   (the background is most of the image);
+3. a small VAE (``AutoencoderKL``): 64 px images ↔ 16×16×4 latents, trained on 32 px windows
+   that each hold a shape (it is fully convolutional; whole images are mostly background), its
+   reconstruction loss (squared + absolute error of the decoded posterior mean) weighted
+   towards the shapes' pixels;
 4. a small UNet (``UNet2DConditionModel``) on the VAE's latents of a pool of pairs encoded once,
    conditioned on the frozen CLIP text encoder's hidden states: ε-prediction on SD v1.5's
    scaled-linear schedule with offset noise (else the backgrounds collapse to grey), min-SNR-5
@@ -75,7 +76,8 @@ class PretrainConfig:
     unet_steps: int = 3300  # ε-prediction steps of the UNet
     aesthetic_steps: int = 1500  # regression steps of the aesthetic head
     batch_size: int = 32  # image–caption pairs per CLIP / UNet step
-    vae_batch_size: int = 16  # images per VAE step
+    vae_batch_size: int = 64  # windows per VAE step, each cut from its own image
+    vae_window: int = 32  # side of the VAE's training windows, each holding part of a shape
     lr: float = 1e-3  # peak AdamW learning rate of the CLIP, head and UNet (warm-up, cosine)
     vae_lr: float = 2e-3  # peak AdamW learning rate of the VAE
     caption_dropout: float = 0.1  # UNet stage: share of empty captions (for guidance)
@@ -202,15 +204,17 @@ def train_vae(config: PretrainConfig, clock: Clock, data) -> tuple[AutoencoderKL
     torch.manual_seed(config.seed + 1)
     vae = AutoencoderKL(**vae_config())
     optimizer, lr = adamw(vae, config.vae_lr, config.vae_steps, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + 1)
 
     def step(_: int) -> float:
         images, _ = next(data)
-        x = images * 2 - 1
+        full = images * 2 - 1
+        x, weights = shape_windows(full, shape_weights(full), config.vae_window, generator)
         posterior = vae.encode(x).latent_dist
         # decoded from the mean, as every user of these latents encodes: sampling would make
         # early training fight unit-variance noise until the variance shrinks
         error = vae.decode(posterior.mean).sample - x
-        loss = (shape_weights(x) * (error**2 + error.abs())).mean() + 1e-6 * posterior.kl().mean()
+        loss = (weights * (error**2 + error.abs())).mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -225,6 +229,26 @@ def train_vae(config: PretrainConfig, clock: Clock, data) -> tuple[AutoencoderKL
     vae.register_to_config(scaling_factor=1.0 / max(spread, 1e-3))
     stats["scaling_factor"] = vae.config.scaling_factor
     return vae, stats
+
+
+def shape_windows(x: torch.Tensor, weights: torch.Tensor, side: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A side×side window of each image [B,C,H,W] (and of its pixel weights [B,1,H,W]) at a
+    random place that holds a random shape pixel. A fully convolutional VAE trained on such
+    windows sees four times the shapes per step that whole 64 px images (mostly background)
+    give it, for 13 % more time: its own reconstructions of 384 single-shape renders read
+    shape 0.87 after 1,100 steps, against 0.63 when it was trained on whole images."""
+    height, width = x.shape[-2:]
+    if side >= min(height, width):
+        return x, weights
+    on_shape = (weights[:, 0] > 1).flatten(1).float() + 1e-6  # any pixel when there is none
+    pixel = torch.multinomial(on_shape, 1, generator=generator).squeeze(1)
+    jitter = torch.randint(0, side, (2, len(x)), generator=generator)
+    top = ((pixel // width) - jitter[0]).clamp(0, height - side).tolist()
+    left = ((pixel % width) - jitter[1]).clamp(0, width - side).tolist()
+    windows = [(slice(None), slice(t, t + side), slice(l, l + side)) for t, l in zip(top, left)]
+    return (torch.stack([image[w] for image, w in zip(x, windows)]),
+            torch.stack([weight[w] for weight, w in zip(weights, windows)]))
 
 
 def shape_mask(x: torch.Tensor) -> torch.Tensor:
@@ -465,6 +489,9 @@ def model_card(card: dict) -> str:
                        for scores in (card["oracle"], card["vae_reconstruction_oracle"]))
     aesthetic = stages["aesthetic"]
     config = card["config"]
+    window = config.get("vae_window", IMAGE_SIZE)
+    vae_data = (f"; trained on {window} px windows that each hold a shape"
+                if window < IMAGE_SIZE else "")
     reliance = " · ".join(f"{name} {r['text_change']:.2f} / {r['unet_error_increase']:+.0%}"
                           for name, r in card.get("attribute_reliance", {}).items())
     return f"""# ShapesWorld base model
@@ -476,7 +503,7 @@ A miniature Stable Diffusion (SD v1.5's layout and classes) trained on ShapesWor
 - **Data**: {card['data']}; captions from varied templates (`textcraftor.shapes.world`).
 - **Text encoder**: the text tower of a small CLIP (width {WIDTH}, 3 layers) trained
   contrastively; the whole CLIP is in `clip/` (CLIP-similarity reward).
-- **VAE**: 64 px ↔ 16×16×4 latents, scaling factor {stages['vae']['scaling_factor']:.4f}.
+- **VAE**: 64 px ↔ 16×16×4 latents, scaling factor {stages['vae']['scaling_factor']:.4f}{vae_data}.
 - **UNet**: ε-prediction on SD v1.5's scaled-linear schedule with offset noise
   {config['offset_noise']}, min-SNR-{MIN_SNR_GAMMA:g} timestep weights,
   {1 + UNET_SHAPE_WEIGHT:g}× weight on the shapes' latent cells,
