@@ -71,7 +71,7 @@ def test_unet_loss_weights_favour_shapes_and_cap_the_easy_timesteps():
 
 
 def test_vae_windows_hold_a_shape_and_carry_their_pixel_weights():
-    images, _, scenes = ShapesDataset(seed=4).batch(0, 48)
+    images, _, _ = ShapesDataset(seed=4).batch(0, 48)
     full = images.float() / 127.5 - 1
     weights = shape_weights(full)  # from whole images: a window's corner may lie on a shape
     windows, window_weights = shape_windows(full, weights, 32, torch.Generator().manual_seed(0))

@@ -490,8 +490,9 @@ def model_card(card: dict) -> str:
     aesthetic = stages["aesthetic"]
     config = card["config"]
     window = config.get("vae_window", IMAGE_SIZE)
-    vae_data = (f"; trained on {window} px windows that each hold a shape"
-                if window < IMAGE_SIZE else "")
+    vae = f"64 px ↔ 16×16×4 latents, scaling factor {stages['vae']['scaling_factor']:.4f}"
+    if window < IMAGE_SIZE:
+        vae += f"; trained on {window} px windows that each hold a shape"
     reliance = " · ".join(f"{name} {r['text_change']:.2f} / {r['unet_error_increase']:+.0%}"
                           for name, r in card.get("attribute_reliance", {}).items())
     return f"""# ShapesWorld base model
@@ -503,7 +504,7 @@ A miniature Stable Diffusion (SD v1.5's layout and classes) trained on ShapesWor
 - **Data**: {card['data']}; captions from varied templates (`textcraftor.shapes.world`).
 - **Text encoder**: the text tower of a small CLIP (width {WIDTH}, 3 layers) trained
   contrastively; the whole CLIP is in `clip/` (CLIP-similarity reward).
-- **VAE**: 64 px ↔ 16×16×4 latents, scaling factor {stages['vae']['scaling_factor']:.4f}{vae_data}.
+- **VAE**: {vae}.
 - **UNet**: ε-prediction on SD v1.5's scaled-linear schedule with offset noise
   {config['offset_noise']}, min-SNR-{MIN_SNR_GAMMA:g} timestep weights,
   {1 + UNET_SHAPE_WEIGHT:g}× weight on the shapes' latent cells,
