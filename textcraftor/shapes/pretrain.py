@@ -246,7 +246,8 @@ def shape_windows(x: torch.Tensor, weights: torch.Tensor, side: int,
     jitter = torch.randint(0, side, (2, len(x)), generator=generator)
     top = ((pixel // width) - jitter[0]).clamp(0, height - side).tolist()
     left = ((pixel % width) - jitter[1]).clamp(0, width - side).tolist()
-    windows = [(slice(None), slice(t, t + side), slice(l, l + side)) for t, l in zip(top, left)]
+    windows = [(slice(None), slice(y, y + side), slice(x0, x0 + side))
+               for y, x0 in zip(top, left)]
     return (torch.stack([image[w] for image, w in zip(x, windows)]),
             torch.stack([weight[w] for weight, w in zip(weights, windows)]))
 
