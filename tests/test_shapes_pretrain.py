@@ -4,7 +4,9 @@ on-disk layout that the one pipeline loader reads, and the card records what hap
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 import torch
 
 from textcraftor.models import load_pipeline, sd15_scheduler
@@ -12,9 +14,12 @@ from textcraftor.shapes.pretrain import (
     MIN_SNR_GAMMA,
     UNET_SHAPE_WEIGHT,
     PretrainConfig,
+    main,
     pretrain,
+    run_stage,
     shape_weights,
     shape_windows,
+    stage_clock,
     unet_loss_weights,
 )
 from textcraftor.shapes.world import ShapesDataset
@@ -88,3 +93,18 @@ def test_vae_windows_hold_a_shape_and_carry_their_pixel_weights():
     other, _ = shape_windows(full, weights, 32, torch.Generator().manual_seed(1))
     assert torch.equal(windows, again) and not torch.equal(windows, other)
     assert shape_windows(full, weights, 64, torch.Generator())[0] is full  # whole images
+
+
+def test_the_stages_leave_the_final_minutes_for_saving_and_the_card(capsys):
+    # measured: v4's stages ran to the 60-minute cap and its card's evaluation ended at 61.0
+    nearly_spent = PretrainConfig(out="unused", max_minutes=1.0, final_minutes=1.0 - 1e-7)
+    clock = stage_clock(nearly_spent)
+    time.sleep(0.01)
+    assert clock.out_of_time()
+    assert run_stage("unet", 5, clock, lambda _: 1.0)["steps"] == 0
+    assert not stage_clock(PretrainConfig(out="unused")).out_of_time()
+    with pytest.raises(ValueError, match=r"final_minutes must be in \[0, max_minutes = 2\)"):
+        PretrainConfig(out="unused", max_minutes=2.0, final_minutes=2.0)
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--final-minutes", "-1"])
+    assert "final_minutes must be in [0, max_minutes = 60), got -1" in capsys.readouterr().err
