@@ -29,7 +29,7 @@ from textcraftor.shapes import (
     sample_scene,
 )
 from textcraftor.shapes.oracle import SCORES
-from textcraftor.shapes.world import POSITION_PHRASES
+from textcraftor.shapes.world import MIN_GAP, POSITION_PHRASES, shape_box
 
 
 def _scenes(count: int, seed: int = 0) -> list[Scene]:
@@ -63,10 +63,20 @@ def test_batch_and_iteration_match_items():
         assert torch.equal(streamed_image, dataset.batch(index, 1)[0][0])
 
 
-def test_sampled_scenes_use_distinct_positions():
-    for scene in _scenes(300):
+def test_sampled_scenes_keep_their_shapes_apart_and_inside_the_image():
+    scenes = _scenes(300)
+    for scene in scenes:
         assert 1 <= len(scene.shapes) <= 2
         assert len({s.position for s in scene.shapes}) == len(scene.shapes)
+        boxes = [shape_box(spec, 64) for spec in scene.shapes]
+        assert all(0 <= x0 and 0 <= y0 and x1 <= 64 and y1 <= 64 for x0, y0, x1, y1 in boxes)
+        if len(boxes) == 2:  # separated by at least MIN_GAP along x or along y
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+            gap = max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1)
+            assert gap >= MIN_GAP * 64 - 1e-9
+    assert {len(s.shapes) for s in scenes} == {1, 2}
+    with pytest.raises(ValueError, match="max_shapes must be in 1..2"):
+        sample_scene(random.Random(0), max_shapes=3)
 
 
 def test_captions_name_each_shape_and_colour_and_sometimes_the_rest():

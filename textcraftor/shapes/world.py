@@ -42,17 +42,19 @@ BACKGROUNDS: dict[str, RGB] = {
 }
 
 # Side of a shape's (square) bounding box, as a fraction of the image side.
-SIZES: dict[str, float] = {"small": 0.2, "large": 0.28}
+SIZES: dict[str, float] = {"small": 0.3, "large": 0.42}
 
-# Centre (x, y) of each position as fractions of the image side: the middle row and column of
-# a 3×3 grid, so shapes in different positions never overlap.
+# Centre (x, y) of each position as fractions of the image side. A large shape on the left
+# still fits in the image; two shapes share a scene only where their boxes stay apart
+# (``MIN_GAP``), which at these sizes means left with right or top with bottom.
 POSITIONS: dict[str, tuple[float, float]] = {
     "center": (0.5, 0.5),
-    "left": (1 / 6, 0.5),
-    "right": (5 / 6, 0.5),
-    "top": (0.5, 1 / 6),
-    "bottom": (0.5, 5 / 6),
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
 }
+MIN_GAP = 0.04  # least gap between two shapes' boxes, as a fraction of the image side
 
 POSITION_PHRASES: dict[str, str] = {
     "center": "in the center",
@@ -121,16 +123,27 @@ def _check_word(word: str | None, allowed: Collection[str], kind: str,
 
 
 def sample_scene(rng: random.Random, max_shapes: int = 2) -> Scene:
-    """1..max_shapes shapes, each in its own position, with every attribute set."""
-    if not 1 <= max_shapes <= len(POSITIONS):
-        raise ValueError(f"max_shapes must be in 1..{len(POSITIONS)}, got {max_shapes}")
+    """1..max_shapes shapes, each in its own position and apart from the others (drawn again
+    until they are), with every attribute set."""
+    if not 1 <= max_shapes <= 2:
+        raise ValueError(f"max_shapes must be in 1..2 (three shapes do not fit apart), "
+                         f"got {max_shapes}")
     count = rng.randint(1, max_shapes)
-    positions = rng.sample(list(POSITIONS), count)
-    shapes = tuple(
-        ShapeSpec(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), position)
-        for position in positions
-    )
-    return Scene(shapes, rng.choice(list(BACKGROUNDS)))
+    while True:
+        shapes = tuple(
+            ShapeSpec(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)),
+                      position)
+            for position in rng.sample(list(POSITIONS), count)
+        )
+        if all(apart(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1:]):
+            return Scene(shapes, rng.choice(list(BACKGROUNDS)))
+
+
+def apart(a: ShapeSpec, b: ShapeSpec) -> bool:
+    """Whether the boxes of two placed shapes are at least MIN_GAP apart along some axis."""
+    (ax, ay), (bx, by) = POSITIONS[a.position], POSITIONS[b.position]
+    reach = (SIZES[a.size] + SIZES[b.size]) / 2 + MIN_GAP
+    return abs(ax - bx) >= reach or abs(ay - by) >= reach
 
 
 # ---------------------------------------------------------------------------------- rendering
