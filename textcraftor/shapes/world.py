@@ -141,9 +141,8 @@ def sample_scene(rng: random.Random, max_shapes: int = 2) -> Scene:
 
 def apart(a: ShapeSpec, b: ShapeSpec) -> bool:
     """Whether the boxes of two placed shapes are at least MIN_GAP apart along some axis."""
-    (ax, ay), (bx, by) = POSITIONS[a.position], POSITIONS[b.position]
-    reach = (SIZES[a.size] + SIZES[b.size]) / 2 + MIN_GAP
-    return abs(ax - bx) >= reach or abs(ay - by) >= reach
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = shape_box(a, 1.0), shape_box(b, 1.0)
+    return max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1) >= MIN_GAP
 
 
 # ---------------------------------------------------------------------------------- rendering
