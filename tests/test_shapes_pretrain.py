@@ -108,3 +108,24 @@ def test_the_stages_leave_the_final_minutes_for_saving_and_the_card(capsys):
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--final-minutes", "-1"])
     assert "final_minutes must be in [0, max_minutes = 60), got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("unet_steps", 0, "unet_steps must be an integer >= 1, got 0"),
+    ("batch_size", 1, "batch_size must be an integer >= 2, got 1"),
+    ("pool_size", 16, "pool_size must be an integer >= 32 (batch_size), got 16"),
+    ("lr", 0.0, "lr must be > 0, got 0"),
+    ("vae_lr", float("nan"), "vae_lr must be > 0, got nan"),
+    ("caption_dropout", 1.0, "caption_dropout must be in [0, 1), got 1"),
+    ("offset_noise", -0.1, "offset_noise must be >= 0, got -0.1"),
+    ("vae_window", 30, "vae_window must be a multiple of 4 in [8, 64]"),
+    ("threads", 0, "threads must be an integer >= 1, got 0"),
+])
+def test_every_bad_setting_is_named_before_any_training(field, value, message, capsys):
+    with pytest.raises(ValueError) as error:
+        PretrainConfig(out="unused", **{field: value})
+    assert message in str(error.value)
+    flag = f"--{field.replace('_', '-')}"
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", flag, str(value)])
+    assert message in capsys.readouterr().err

@@ -92,6 +92,27 @@ class PretrainConfig:
     threads: int = 2  # torch intra-op threads
 
     def __post_init__(self) -> None:
+        at_least = {"seed": 0, "clip_steps": 1, "vae_steps": 1, "unet_steps": 1,
+                    "aesthetic_steps": 1, "batch_size": 2, "vae_batch_size": 1,
+                    "pool_size": self.batch_size, "aesthetic_images": 10, "eval_every": 0,
+                    "eval_prompts": 1, "eval_steps": 1, "threads": 1}
+        for name, least in at_least.items():
+            value = getattr(self, name)
+            if value < least:
+                why = " (batch_size)" if name == "pool_size" else ""
+                raise ValueError(f"{name} must be an integer >= {least}{why}, got {value}")
+        for name in ("lr", "vae_lr", "max_minutes"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name):g}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout:g}")
+        if not self.offset_noise >= 0:
+            raise ValueError(f"offset_noise must be >= 0, got {self.offset_noise:g}")
+        windows = range(2 * LATENT_FACTOR, IMAGE_SIZE + 1, LATENT_FACTOR)
+        if self.vae_window not in windows:
+            raise ValueError(f"vae_window must be a multiple of {LATENT_FACTOR} in "
+                             f"[{windows[0]}, {IMAGE_SIZE}] (pixels per latent cell), "
+                             f"got {self.vae_window}")
         if not 0 <= self.final_minutes < self.max_minutes:
             raise ValueError(f"final_minutes must be in [0, max_minutes = {self.max_minutes:g}), "
                              f"got {self.final_minutes:g}")
