@@ -9,7 +9,8 @@ For single-shape scenes with every attribute named, swap one attribute's word fo
   cells the shape touches, averaged over a few timesteps — 0 means the UNet ignores the word.
 
 The oracle says what the samples get wrong; this says where in the model the information is
-lost, in seconds, without sampling. ``python -m textcraftor.shapes.reliance DIR`` prints it.
+lost, in seconds, without sampling. ``python -m textcraftor.shapes.reliance DIR`` prints it;
+``--by-timestep`` prints the rise at each of several timesteps instead of the average.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from textcraftor.shapes.world import (
 SWAPPABLE = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES),
              "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS)}
 TIMESTEPS = (100, 300, 500, 700, 900)  # where the ε-error is measured (SD's 1000-step schedule)
+PROFILE_TIMESTEPS = (50, 200, 400, 600, 750, 850, 950)  # the finer grid of ``--by-timestep``
 
 
 def swap(scene: Scene, attribute: str, rng: random.Random) -> Scene:
@@ -53,9 +55,12 @@ def swap(scene: Scene, attribute: str, rng: random.Random) -> Scene:
 
 
 @torch.no_grad()
-def attribute_reliance(pipeline: Pipeline, count: int = 128, seed: int = 0
-                       ) -> dict[str, dict[str, float]]:
-    """{attribute: {"text_change", "unet_error_increase"}} over ``count`` single-shape scenes."""
+def swapped_errors(pipeline: Pipeline, count: int, seed: int,
+                   timesteps: tuple[int, ...] = TIMESTEPS
+                   ) -> tuple[torch.Tensor, dict[str, tuple[float, torch.Tensor]]]:
+    """The UNet's ε-error on the shapes' latent cells at each of ``timesteps`` ([T]) with the
+    scenes' own captions, and per attribute (text change, the same errors [T] with that
+    attribute's word swapped), over ``count`` single-shape scenes; one noise draw for all."""
     rng = random.Random(seed)
     scenes = single_shape_scenes(count, seed + 3)
     tokens = PromptTokenizer(pipeline.tokenizer)
@@ -68,32 +73,57 @@ def attribute_reliance(pipeline: Pipeline, count: int = 128, seed: int = 0
     def encode(captions: list[str]) -> torch.Tensor:
         return encoder(tokens(captions), return_dict=False)[0]
 
-    def error(context: torch.Tensor) -> float:
-        total = 0.0
-        for t in TIMESTEPS:
+    def errors(context: torch.Tensor) -> torch.Tensor:
+        per_step = []
+        for t in timesteps:
             steps = torch.full((count,), t)
             noisy = pipeline.scheduler.add_noise(latents, noise, steps)
             squared = (unet(noisy, steps, encoder_hidden_states=context).sample - noise) ** 2
-            total += float((squared * cells).sum() / (cells.sum() * squared.shape[1]))
-        return total / len(TIMESTEPS)
+            per_step.append((squared * cells).sum() / (cells.sum() * squared.shape[1]))
+        return torch.stack(per_step)
 
     right = encode([describe(s) for s in scenes])
-    right_error = error(right)
-    reliance = {}
+    swapped = {}
     for attribute in SWAPPABLE:
-        swapped = encode([describe(swap(s, attribute, rng)) for s in scenes])
-        change = (swapped - right).norm(dim=-1).mean() / right.norm(dim=-1).mean()
-        reliance[attribute] = {"text_change": round(float(change), 4),
-                               "unet_error_increase": round(error(swapped) / right_error - 1, 4)}
-    return reliance
+        other = encode([describe(swap(s, attribute, rng)) for s in scenes])
+        change = (other - right).norm(dim=-1).mean() / right.norm(dim=-1).mean()
+        swapped[attribute] = (float(change), errors(other))
+    return errors(right), swapped
+
+
+def attribute_reliance(pipeline: Pipeline, count: int = 128, seed: int = 0
+                       ) -> dict[str, dict[str, float]]:
+    """{attribute: {"text_change", "unet_error_increase"}} over ``count`` single-shape scenes;
+    the errors averaged over ``TIMESTEPS`` before the ratio."""
+    right, swapped = swapped_errors(pipeline, count, seed)
+    return {attribute: {"text_change": round(change, 4),
+                        "unet_error_increase": round(float(other.mean() / right.mean()) - 1, 4)}
+            for attribute, (change, other) in swapped.items()}
+
+
+def reliance_by_timestep(pipeline: Pipeline, count: int = 128, seed: int = 0,
+                         timesteps: tuple[int, ...] = TIMESTEPS) -> dict[str, dict[int, float]]:
+    """{attribute: {t: relative rise of the ε-error at t}}: where along the noise schedule the
+    UNet reads the word. Where the noisy latent still shows an attribute the UNet can read it
+    from there, so a word that matters only at high t is decided in the first sampling steps."""
+    right, swapped = swapped_errors(pipeline, count, seed, timesteps)
+    return {attribute: {t: round(float(e / r) - 1, 4) for t, e, r in zip(timesteps, other, right)}
+            for attribute, (_, other) in swapped.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    by_timestep = "--by-timestep" in args
+    args = [a for a in args if a != "--by-timestep"]
     if len(args) != 1:
-        print("usage: python -m textcraftor.shapes.reliance WEIGHTS_DIR", file=sys.stderr)
+        print("usage: python -m textcraftor.shapes.reliance WEIGHTS_DIR [--by-timestep]",
+              file=sys.stderr)
         return 2
-    print(json.dumps(attribute_reliance(load_pipeline(args[0])), indent=2))
+    pipeline = load_pipeline(args[0])
+    if by_timestep:
+        print(json.dumps(reliance_by_timestep(pipeline, timesteps=PROFILE_TIMESTEPS), indent=2))
+    else:
+        print(json.dumps(attribute_reliance(pipeline), indent=2))
     return 0
 
 
