@@ -3,14 +3,19 @@ its attribute, and the measure separates what the model uses from what it ignore
 
 from __future__ import annotations
 
+import json
 import random
+
+import pytest
 
 from textcraftor.models import load_pipeline
 from textcraftor.shapes.pretrain import single_shape_scenes
 from textcraftor.shapes.reliance import (
+    PROFILE_TIMESTEPS,
     SWAPPABLE,
     TIMESTEPS,
     attribute_reliance,
+    main,
     reliance_by_timestep,
     swap,
     swapped_errors,
@@ -56,3 +61,13 @@ def test_the_base_model_reads_the_shape_word_only_where_the_noise_hides_the_shap
     assert averaged["text_change"] == round(change, 4)
     ratio = float(shape_errors.mean() / right.mean())
     assert averaged["unet_error_increase"] == round(ratio - 1, 4)
+
+
+def test_the_command_prints_the_profile_and_names_a_bad_count(capsys):
+    assert main(["shapes", "--by-timestep", "--count", "4"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert set(profile) == set(SWAPPABLE)
+    assert all(list(rises) == [str(t) for t in PROFILE_TIMESTEPS] for rises in profile.values())
+    with pytest.raises(SystemExit):
+        main(["shapes", "--count", "0"])
+    assert "--count must be >= 1, got 0" in capsys.readouterr().err

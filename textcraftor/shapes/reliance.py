@@ -15,6 +15,7 @@ lost, in seconds, without sampling. ``python -m textcraftor.shapes.reliance DIR`
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -112,18 +113,22 @@ def reliance_by_timestep(pipeline: Pipeline, count: int = 128, seed: int = 0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    by_timestep = "--by-timestep" in args
-    args = [a for a in args if a != "--by-timestep"]
-    if len(args) != 1:
-        print("usage: python -m textcraftor.shapes.reliance WEIGHTS_DIR [--by-timestep]",
-              file=sys.stderr)
-        return 2
-    pipeline = load_pipeline(args[0])
-    if by_timestep:
-        print(json.dumps(reliance_by_timestep(pipeline, timesteps=PROFILE_TIMESTEPS), indent=2))
+    parser = argparse.ArgumentParser(prog="python -m textcraftor.shapes.reliance",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", help="a ShapesWorld pipeline folder, or the preset name")
+    parser.add_argument("--by-timestep", action="store_true",
+                        help=f"the rise at each of t = {PROFILE_TIMESTEPS} instead of the average")
+    parser.add_argument("--count", type=int, default=128, help="single-shape scenes measured")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error(f"--count must be >= 1, got {args.count}")
+    pipeline = load_pipeline(args.weights)
+    if args.by_timestep:
+        result = reliance_by_timestep(pipeline, args.count, timesteps=PROFILE_TIMESTEPS)
     else:
-        print(json.dumps(attribute_reliance(pipeline), indent=2))
+        result = attribute_reliance(pipeline, args.count)
+    print(json.dumps(result, indent=2))
     return 0
 
 
