@@ -237,6 +237,13 @@ def describe(scene: Scene) -> str:
     return body + (f" on a {scene.background} background" if scene.background else "")
 
 
+def caption_words() -> frozenset[str]:
+    """Every word a caption of ``caption`` or ``describe`` can contain (punctuation aside)."""
+    positions = {word for phrase in POSITION_PHRASES.values() for word in phrase.split()}
+    return frozenset(set(SHAPES) | set(PLURALS) | set(COLOURS) | set(BACKGROUNDS) | set(SIZES)
+                     | positions | STOP_WORDS)
+
+
 def caption(scene: Scene, rng: random.Random) -> str:
     """A templated caption: always each shape's colour and shape word; its size and position
     each with probability 1/2, the background with probability 2/5."""
