@@ -148,13 +148,13 @@ def test_world_rewards_track_quality_and_caption_match(shapes_objective):
         predicted = aesthetic(torch.cat([images, degraded]), captions * 2)
         actual = quality_score(torch.cat([images, degraded]))
         correlation = torch.corrcoef(torch.stack([predicted, actual]))[0, 1]
-        # measured with the committed head (v5): r = 0.61, clean above degraded in 48 of 48 pairs
+        # measured with the committed head (v6): r = 0.60, clean above degraded in 46 of 48 pairs
         assert correlation > 0.4, f"aesthetic head vs quality score: r = {correlation:.2f}"
         clean_wins = (predicted[:48] > predicted[48:]).float().mean()
         assert clean_wins > 0.85 and (actual[:48] > actual[48:]).all()
         matched = clip(images, captions)
         shuffled = clip(images, captions[1:] + captions[:1])
-    assert matched.mean() > shuffled.mean() + 0.5  # measured (v5): 0.92 against 0.02
+    assert matched.mean() > shuffled.mean() + 0.5  # measured (v6): 0.90 against 0.02
     assert (matched > shuffled).float().mean() > 0.9
 
 

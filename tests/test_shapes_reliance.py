@@ -42,18 +42,19 @@ def test_reliance_of_the_base_model():
     # the base model is conditioned on colour: a wrong colour word makes its ε-error much worse
     assert reliance["colour"]["unet_error_increase"] > 0.5
     assert reliance["colour"]["text_change"] > reliance["position"]["text_change"]
-    # it reads shape, size and background words too, if weakly (position it ignores: see
-    # DESIGN.md, the text encoder barely tells positions apart)
+    # it reads shape, size and background words too (v6: +173 %, +36 %, +22 %; position
+    # +21 %, which v5 ignored: see DESIGN.md)
     for attribute in ("shape", "size", "background"):
         assert reliance[attribute]["unet_error_increase"] > 0.02, reliance
 
 
-def test_the_base_model_reads_the_shape_word_only_where_the_noise_hides_the_shape():
-    # measured on v5 (128 scenes): shape +3.5 % at t = 200, +27 % at t = 850; colour above
-    # +120 % at every t. Averaged, the same errors give attribute_reliance's figure.
+def test_the_base_model_reads_the_shape_word_at_every_noise_level():
+    # measured on v6 (24 scenes): shape +52 % at t = 200, +429 % at t = 850. v5, whose text
+    # tower was trained without the word-identity term, read it only where the noise hides the
+    # shape (+3.5 % and +27 %). Averaged, the same errors give attribute_reliance's figure.
     pipeline = load_pipeline("shapes")
     profile = reliance_by_timestep(pipeline, count=24, seed=0, timesteps=(200, 850))
-    assert profile["shape"][850] > 3 * max(profile["shape"][200], 0.01), profile
+    assert profile["shape"][200] > 0.25 and profile["shape"][850] > 2.0, profile
     assert min(profile["colour"].values()) > 0.5, profile
     right, swapped = swapped_errors(pipeline, count=24, seed=0, timesteps=TIMESTEPS)
     change, shape_errors = swapped["shape"]
