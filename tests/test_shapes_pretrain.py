@@ -197,7 +197,6 @@ STEPS = 60
 
 
 def test_the_word_identity_term_keeps_each_word_in_its_own_hidden_state(tmp_path):
-    torch.set_num_threads(1)
     tokens = PromptTokenizer(build_clip_tokenizer(tmp_path / "tokenizer"))
     classes = word_classes(tokens.tokenizer)
     contrast = {}

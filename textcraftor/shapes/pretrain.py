@@ -248,9 +248,9 @@ def train_clip(config: PretrainConfig, clock: Clock, tokens: PromptTokenizer, da
                ) -> tuple[CLIPModel, dict]:
     torch.manual_seed(config.seed)
     model = CLIPModel(clip_config())
-    classes = word_classes(tokens.tokenizer)
-    probe = None  # read only during this stage, then dropped
+    probe = classes = None  # the probe is read only during this stage, then dropped
     if config.word_identity_weight:
+        classes = word_classes(tokens.tokenizer)
         probe = torch.nn.Linear(WIDTH, int(classes.max()) + 1)
     trained = model if probe is None else torch.nn.ModuleList([model, probe])
     optimizer, lr = adamw(trained, config.lr, config.clip_steps)
