@@ -146,8 +146,12 @@ def world_captions(count: int, seed: int) -> list[str]:
     return [caption(scene, rng) for scene in scenes] + [describe(scene) for scene in scenes]
 
 
-def test_every_caption_token_has_a_word_class_and_other_tokens_none(tmp_path):
-    tokenizer = build_clip_tokenizer(tmp_path / "tokenizer")
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_clip_tokenizer(tmp_path_factory.mktemp("clip") / "tokenizer")
+
+
+def test_every_caption_token_has_a_word_class_and_other_tokens_none(tokenizer):
     classes = word_classes(tokenizer)
     ids = PromptTokenizer(tokenizer)(world_captions(400, seed=3))
     assert (classes[ids] >= 0).all()  # the world's words, ':', start and end of text
@@ -157,8 +161,7 @@ def test_every_caption_token_has_a_word_class_and_other_tokens_none(tmp_path):
     assert (classes[torch.tensor(outside)] == -100).all()
 
 
-def test_the_word_identity_loss_ignores_the_pads_after_the_end_of_text(tmp_path):
-    tokenizer = build_clip_tokenizer(tmp_path / "tokenizer")
+def test_the_word_identity_loss_ignores_the_pads_after_the_end_of_text(tokenizer):
     classes = word_classes(tokenizer)
     ids = PromptTokenizer(tokenizer)(["a red star", "two shapes: a blue cross and a pink square"])
     torch.manual_seed(0)
@@ -193,18 +196,14 @@ def same_word_contrast(text_tower, tokens: PromptTokenizer, classes: torch.Tenso
     return float(torch.stack(same).mean() - off_diagonal)
 
 
-STEPS = 60
-
-
-def test_the_word_identity_term_keeps_each_word_in_its_own_hidden_state(tmp_path):
-    tokens = PromptTokenizer(build_clip_tokenizer(tmp_path / "tokenizer"))
-    classes = word_classes(tokens.tokenizer)
-    contrast = {}
+def test_the_word_identity_term_keeps_each_word_in_its_own_hidden_state(tokenizer):
+    tokens, classes = PromptTokenizer(tokenizer), word_classes(tokenizer)
+    steps, contrast = 60, {}
     for weight in (0.0, 1.0):
-        config = PretrainConfig(out="unused", clip_steps=STEPS, batch_size=16,
+        config = PretrainConfig(out="unused", clip_steps=steps, batch_size=16,
                                 word_identity_weight=weight)
         data = batches(ShapesDataset(seed=0, image_size=64), 16)
         clip, stats = train_clip(config, stage_clock(config), tokens, data)
-        assert stats["steps"] == STEPS
+        assert stats["steps"] == steps
         contrast[weight] = same_word_contrast(clip.text_model, tokens, classes)
     assert contrast[1.0] > contrast[0.0] + 0.1, contrast  # measured: 0.16 against -0.02
