@@ -151,3 +151,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+def config_changes(old: Any, new: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
+    """Every leaf that differs between two plain configs (``to_dict`` output or parsed JSON), by
+    dotted path: ``{"train.lr": (1e-4, 1e-6), ...}``. A key present on one side only counts as
+    a change with ``None`` on the other; lists and tuples compare as lists."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        changes: dict[str, tuple[Any, Any]] = {}
+        for key in [*old, *(k for k in new if k not in old)]:
+            where = f"{path}.{key}" if path else str(key)
+            changes.update(config_changes(old.get(key), new.get(key), where))
+        return changes
+    as_list = (list, tuple)
+    if isinstance(old, as_list) and isinstance(new, as_list):
+        old, new = list(old), list(new)
+    return {} if old == new else {path or "<root>": (old, new)}
