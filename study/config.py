@@ -169,11 +169,34 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """Testing aid: trials whose hyperparameter ``param`` equals ``value`` get a NaN loss."""
+    """Testing aid: a fault in the trials whose hyperparameter ``param`` equals ``value`` (every
+    trial when ``param`` is not given)."""
 
-    param: str  # flat hyperparameter name, e.g. k or w_aesthetic
-    value: float  # the value that marks a trial to fail
-    nan_at_step: int = 1  # the step whose loss becomes NaN
+    param: str | None = None  # flat hyperparameter name, e.g. k or w_aesthetic; none: all trials
+    value: float | None = None  # the value that marks a trial
+    nan_at_step: int = 0  # the loss becomes NaN at this step: the trial fails (0 = never)
+    crash_once_at_step: int = 0  # rank 0 raises just before it reports this step's checkpoint,
+    #   once per sweep (a marker file in the sweep folder), so Ray Train restarts the worker
+    #   group from the previous committed checkpoint (0 = never; a checkpoint step)
+
+    def matches(self, params: Mapping[str, Any]) -> bool:
+        """Whether a trial with these hyperparameters (flat names) gets the fault."""
+        return self.param is None or float(params[self.param]) == float(self.value)
+
+    def check(self, field_name: str, study: StudyConfig) -> None:
+        if self.param is not None:
+            require_choice(self.param, f"{field_name}.param", tuple(study.search.params()))
+            require(self.value is not None, f"{field_name}.value", "needed with param")
+        require(self.nan_at_step >= 0 and self.crash_once_at_step >= 0, field_name,
+                "steps must be >= 0")
+        require(self.nan_at_step > 0 or self.crash_once_at_step > 0, field_name,
+                "set nan_at_step or crash_once_at_step (> 0)")
+        crash, train = self.crash_once_at_step, study.base.train
+        require(not crash or (crash <= train.steps and (crash % train.save_every == 0
+                                                        or crash == train.steps)),
+                f"{field_name}.crash_once_at_step",
+                f"{crash} is not a checkpoint step (a multiple of base.train.save_every="
+                f"{train.save_every}, or base.train.steps={train.steps})")
 
 
 @dataclass(frozen=True)
@@ -188,7 +211,8 @@ class StudyConfig:
     #                              URI (s3://…) keeps Ray Tune/Train state there, the rest local
     tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     experiment: str = "textcraftor-study"  # MLflow experiment
-    fault_injection: FaultInjection | None = None  # testing: make chosen trials fail
+    fault_injection: tuple[FaultInjection, ...] | FaultInjection | None = ()  # testing: faults
+    #                                        in chosen trials (one mapping or a list of them)
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
@@ -201,9 +225,12 @@ class StudyConfig:
         require(k_high <= t, "search.k", f"K up to {k_high} exceeds sample.num_steps={t}")
         require("diversity" not in self.objectives.names or self.base.eval.diversity,
                 "objectives.names", "diversity needs base.eval.diversity=true")
-        if self.fault_injection is not None:
-            require_choice(self.fault_injection.param, "fault_injection.param",
-                           tuple(self.search.params()))
+        faults = self.fault_injection
+        faults = (faults,) if isinstance(faults, FaultInjection) else tuple(faults or ())
+        object.__setattr__(self, "fault_injection", faults)
+        for index, fault in enumerate(faults):
+            fault.check(f"fault_injection[{index}]" if len(faults) > 1 else "fault_injection",
+                        self)
 
     @property
     def remote_results(self) -> bool:
@@ -233,9 +260,11 @@ def default_config_path() -> Path:
 
 def load_study_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                       **fields: Any) -> StudyConfig:
-    """The YAML study (default: the embedded one), then ``--set`` overrides, then CLI fields."""
+    """The YAML study (default: the embedded one), then ``--set`` overrides (walked through the
+    ``StudyConfig`` fields, so ``base.reward.weights.hpsv2.1=0.5`` names reward ``hpsv2.1``),
+    then CLI fields."""
     data = read_yaml(path or default_config_path())
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, schema=StudyConfig)
     data.update({k: v for k, v in fields.items() if v is not None})
     try:
         return from_dict(StudyConfig, data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +33,19 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return types.MappingProxyType(dict(value))
 
 
+def require_finite(section: str, config: Any) -> None:
+    """Raise ConfigError naming the first float field of dataclass ``config`` (or float value
+    of one of its mappings) that is NaN or ±inf: ``sample.eta: must be a finite number, got
+    nan``. A NaN passes every ``>=`` check by failing it silently, so this runs first."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for key, item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                name = f"{section}.{f.name}" + (f".{key}" if key is not None else "")
+                raise ConfigError(f"{name}: must be a finite number, got {item}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     source: str = "tiny"  # preset (tiny, sd15-random), hub id, or local diffusers folder
@@ -43,6 +58,7 @@ class ModelConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | fp16 | bf16
 
     def __post_init__(self) -> None:
+        require_finite("model", self)
         require(bool(self.source), "model.source",
                 f"must be a preset {PRESETS}, a hub id or a path")
         require_choice(self.train_unet, "model.train_unet", UNET_TRAINING)
@@ -58,32 +74,40 @@ class SampleConfig:
     resolution: int = 128  # image side in pixels (512 for SD v1.5)
     num_steps: int = 20  # T, DDIM steps from noise
     guidance_scale: float = 7.5  # classifier-free guidance w; <= 1 disables the unconditional pass
-    eta: float = 0.0  # DDIM eta (0 = deterministic)
+    eta: float = 0.0  # DDIM eta in [0, 1] (0 = deterministic, 1 = DDPM's variance)
     truncation: str = "last_k"  # last_k | random_k | x0_shortcut | direct (a paired image
     #                             noised to t, x̂0 in one step: no chain from noise)
     k: int = 5  # last_k: the last K steps carry gradient
     k_min: int = 1  # random_k / x0_shortcut: smallest K (drawn once per batch)
     k_max: int = 5  # random_k / x0_shortcut: largest K
-    direct_t_min: int = 200  # direct: smallest training timestep t (of 1000), drawn per batch
-    direct_t_max: int = 800  # direct: largest
+    direct_t_min: int = 200  # direct: smallest training timestep t (of the scheduler's 1000),
+    #                          drawn per batch
+    direct_t_max: int = 800  # direct: largest (< the scheduler's training timesteps, checked
+    #                          with the model: textcraftor.limits)
     no_grad_encoder: str = "original"  # which text encoder drives the no-grad steps
     checkpointing: bool = True  # gradient checkpointing on every UNet call with gradient
     test_finetuned_steps: int = 0  # evaluation/generation: fine-tuned encoder drives the last M
     #                                steps, the original the rest (reference: 15 of 25); 0 = all
 
     def __post_init__(self) -> None:
+        require_finite("sample", self)
         require(self.resolution >= 8 and self.resolution % 8 == 0, "sample.resolution",
                 f"must be a positive multiple of 8, got {self.resolution}")
         require(self.num_steps >= 1, "sample.num_steps", f"must be >= 1, got {self.num_steps}")
-        require(self.eta >= 0, "sample.eta", f"must be >= 0, got {self.eta}")
+        require(self.guidance_scale >= 0, "sample.guidance_scale",
+                f"must be >= 0, got {self.guidance_scale}")
+        # DDIM's direction term is sqrt(1 - ᾱ_prev - σ²) with σ = eta·σ_DDPM: above 1 it can go
+        # negative and the step returns NaN (diffusers computes it without a clamp)
+        require(0 <= self.eta <= 1, "sample.eta", f"must be in [0, 1], got {self.eta}")
         require_choice(self.truncation, "sample.truncation", TRUNCATION_MODES)
         require_choice(self.no_grad_encoder, "sample.no_grad_encoder", NO_GRAD_ENCODERS)
         t = self.num_steps
         require(0 <= self.test_finetuned_steps <= t, "sample.test_finetuned_steps",
                 f"must be in [0, num_steps={t}], got {self.test_finetuned_steps}")
-        require(0 <= self.direct_t_min <= self.direct_t_max <= 999, "sample.direct_t_min/max",
-                f"need 0 <= direct_t_min <= direct_t_max <= 999, got {self.direct_t_min}, "
-                f"{self.direct_t_max}")
+        require(0 <= self.direct_t_min, "sample.direct_t_min",
+                f"must be >= 0, got {self.direct_t_min}")
+        require(self.direct_t_min <= self.direct_t_max, "sample.direct_t_max",
+                f"must be >= direct_t_min={self.direct_t_min}, got {self.direct_t_max}")
         if self.truncation == "last_k":
             require(1 <= self.k <= t, "sample.k", f"must be in [1, num_steps={t}], got {self.k}")
         elif self.truncation != "direct":
@@ -116,6 +140,7 @@ class RewardConfig:
         object.__setattr__(self, "weights", _frozen_mapping(self.weights))
         object.__setattr__(self, "scales", _frozen_mapping(self.scales))
         object.__setattr__(self, "sources", _frozen_mapping(self.sources))
+        require_finite("reward", self)
         for name, weight in self.weights.items():
             require_choice(name, "reward.weights", QUALITY_REWARDS)
             require(weight >= 0, f"reward.weights.{name}", f"must be >= 0, got {weight}")
@@ -195,6 +220,7 @@ class TrainConfig:
     inject_nan_at: int = 0  # fault injection for tests: the loss is NaN at this step (0 = never)
 
     def __post_init__(self) -> None:
+        require_finite("train", self)
         for name in ("steps", "batch_size", "grad_accum", "save_every", "keep_checkpoints",
                      "eval_batch_size"):
             value = getattr(self, name)
@@ -240,11 +266,14 @@ def load_run_config(
     path: str | Path | None = None, overrides: Sequence[str] = (), base: Mapping | None = None
 ) -> RunConfig:
     """Read a YAML run config (or start from ``base``/defaults), then apply ``key=value``
-    overrides."""
+    overrides (``configio.apply_overrides`` with the ``RunConfig`` schema: a reward name may
+    hold a dot, ``reward.weights.hpsv2.1=0.5``).
+
+    Raises ConfigError naming the field, FileNotFoundError for a missing YAML file."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         data.update(read_yaml(path))
-    return from_dict(RunConfig, apply_overrides(data, overrides))
+    return from_dict(RunConfig, apply_overrides(data, overrides, schema=RunConfig))
 
 
 __all__ = [
@@ -258,4 +287,5 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "load_run_config",
+    "require_finite",
 ]

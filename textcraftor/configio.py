@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,11 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
             f"unknown key(s) {', '.join(where + str(k) for k in unknown)}; "
             f"allowed under {path or 'the top level'}: {', '.join(fields)}"
         )
+    missing = [name for name, f in fields.items() if name not in data
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{', '.join(where + m for m in missing)}: required, not given")
     hints = typing.get_type_hints(cls)
     values = {
         name: _convert(hints[name], value, f"{path}.{name}" if path else name)
@@ -91,11 +97,13 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{path}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf, or "nan" given as text
+            raise ConfigError(f"{path}: expected a finite number, got {value}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -123,24 +131,96 @@ def to_dict(config: Any) -> Any:
     return config
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to nested plain data."""
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str],
+                    schema: type | None = None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to nested plain data.
+
+    Without ``schema`` a key is split at every dot. With ``schema`` (the dataclass the data
+    describes, e.g. ``RunConfig``) the key walks the dataclass fields, and a mapping field takes
+    the rest of the key as one name, so names with dots work: ``reward.weights.hpsv2.1=0.5``
+    sets the weight of ``hpsv2.1``. In a mapping of dataclasses (``reward.sources``,
+    ``search.reward_weights``) a last segment that names a field of the dataclass is that field
+    (``reward.sources.hpsv2.1.source=/x.pt``); otherwise the rest is the name.
+
+    ``a.b.NAME=v`` sets one entry of mapping ``a.b`` and keeps the others; a mapping that the
+    data lacks starts from the dataclass default. ``a.b={...}`` replaces the whole mapping.
+
+    Raises ConfigError for an item without ``=`` or a path through a value that is not a
+    section.
+    """
     result = json.loads(json.dumps(dict(data)))  # deep copy of plain data
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
-        node = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
-            node = child
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        value = yaml.safe_load(raw) if raw else ""
+        _assign(result, key.split("."), value, schema, item)
     return result
+
+
+def _assign(node: dict[str, Any], parts: list[str], value: Any, schema: Any, item: str) -> None:
+    """Set ``value`` at ``parts`` below ``node``, whose type is ``schema`` (None: no schema)."""
+    walked: list[str] = []
+    while True:
+        name, rest, child_type, default = _next_step(parts, schema)
+        if not rest:
+            node[name] = value
+            return
+        walked.append(name)
+        child = node.get(name)
+        if child is None:
+            child = node[name] = default()
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(walked)} is not a section")
+        node, parts, schema = child, rest, child_type
+
+
+def _next_step(parts: list[str], schema: Any):
+    """(name in the current mapping, the parts left, the child's type, its default data)."""
+    schema = _without_none(schema)
+    empty = dict
+    if dataclasses.is_dataclass(schema):
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        name, field = parts[0], fields.get(parts[0])
+        if field is None:  # unknown: kept as given, from_dict names it with the allowed keys
+            return name, parts[1:], None, empty
+        child_type = _without_none(typing.get_type_hints(schema)[name])
+        if _mapping_args(child_type) is not None:  # an absent mapping starts from the default
+            return name, parts[1:], child_type, lambda: _default_data(field)
+        return name, parts[1:], child_type, empty
+    args = _mapping_args(schema)
+    if args is not None:
+        item_type = _without_none(args[1])
+        if dataclasses.is_dataclass(item_type) and len(parts) >= 2 and parts[-1] in {
+                f.name for f in dataclasses.fields(item_type)}:
+            return ".".join(parts[:-1]), parts[-1:], item_type, empty
+        return ".".join(parts), [], item_type, empty
+    return parts[0], parts[1:], None, empty
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X`` for ``X | None``; anything else unchanged."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return annotation
+
+
+def _mapping_args(annotation: Any) -> tuple[Any, Any] | None:
+    """(key type, value type) of a ``Mapping``/``dict`` annotation; None for anything else."""
+    if typing.get_origin(annotation) in (dict, Mapping) or annotation is dict:
+        return typing.get_args(annotation) or (Any, Any)
+    return None
+
+
+def _default_data(field: dataclasses.Field) -> dict[str, Any]:
+    """The field's default as plain data; ``{}`` when it has none or it is not a mapping."""
+    if field.default_factory is not dataclasses.MISSING:
+        data = to_dict(field.default_factory())
+    else:
+        data = None if field.default is dataclasses.MISSING else to_dict(field.default)
+    return data if isinstance(data, dict) else {}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
