@@ -24,12 +24,12 @@ from textcraftor.config import RunConfig, load_run_config
 from textcraftor.models import load_pipeline
 from textcraftor.objective import build_objective
 from textcraftor.sampler import (
+    SampleNoise,
     Truncation,
     decode,
     denoise,
     guidance_context,
     guided_noise,
-    initial_noise,
 )
 from textcraftor.trainer import TextCraftor
 
@@ -91,14 +91,15 @@ def bench_row(trainer: TextCraftor, k: int, repeats: int, warmup: int) -> dict:
     seeds = list(range(len(prompts)))
     pipe, objective = trainer.pipeline, trainer.objective
     ids = trainer.tokens(prompts)
-    latents = initial_noise(seeds, trainer.latent_shape, device)
+    noise = SampleNoise(seeds, device)
+    latents = noise.draw(trainer.latent_shape)
 
     @torch.no_grad()
     def sample():
         with trainer._autocast():
             context = guidance_context(pipe.text_encoder, ids, trainer.empty_ids, s.guidance_scale)
             x0 = denoise(pipe.unet, pipe.scheduler, latents, context, context, 0, None,
-                         s.guidance_scale, s.eta)
+                         s.guidance_scale, s.eta, noise=noise)
             return objective(decode(pipe.vae, x0), prompts)
 
     with torch.no_grad(), trainer._autocast():

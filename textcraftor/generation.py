@@ -15,10 +15,10 @@ from textcraftor.config import SampleConfig
 from textcraftor.models import Pipeline
 from textcraftor.sampler import (
     PromptTokenizer,
+    SampleNoise,
     decode,
     denoise,
     guidance_context,
-    initial_noise,
     interpolate_context,
     latent_shape,
 )
@@ -52,12 +52,13 @@ def sample_images(
     else:
         finetuned = guidance_context(finetuned_encoder, ids, empty, sample.guidance_scale)
         late = interpolate_context(original, finetuned, alpha)
-    if len(pipeline.scheduler.timesteps) != t:
+    if pipeline.scheduler.num_inference_steps != t:
         pipeline.scheduler.set_timesteps(t, device=device)
     shape = latent_shape(pipeline.vae, pipeline.unet, sample.resolution)
-    latents = initial_noise(noise_seeds, shape, device)
-    # eta > 0 draws fresh noise each step: seed it so every alpha sees the same draws
-    generator = torch.Generator(device).manual_seed(int(noise_seeds[0])) if sample.eta else None
+    # each sample's x_T and (eta > 0) DDIM noise from its own seed: the same draws at every
+    # alpha, whatever else shares the batch
+    noise = SampleNoise(noise_seeds, device)
+    latents = noise.draw(shape)
     x0 = denoise(pipeline.unet, pipeline.scheduler, latents, original, late, t - m, None,
-                 sample.guidance_scale, sample.eta, generator=generator)
+                 sample.guidance_scale, sample.eta, noise=noise)
     return decode(pipeline.vae, x0).float()

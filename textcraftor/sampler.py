@@ -91,9 +91,12 @@ def guided_noise(
     unet: UNet2DConditionModel, latents: torch.Tensor, timestep: torch.Tensor,
     context: torch.Tensor, guidance_scale: float,
 ) -> torch.Tensor:
-    """ε̂ = ε_u + w(ε_c − ε_u) from one UNet call on the doubled batch."""
+    """ε̂ = ε_u + w(ε_c − ε_u) from one UNet call on the doubled batch. ``timestep``: a scalar
+    tensor, or [B] (one t per sample, direct fine-tuning)."""
     if context.shape[0] == latents.shape[0]:
         return unet(latents, timestep, encoder_hidden_states=context, return_dict=False)[0]
+    if timestep.ndim == 1:
+        timestep = torch.cat([timestep, timestep])
     eps = unet(torch.cat([latents, latents]), timestep, encoder_hidden_states=context,
                return_dict=False)[0]
     eps_uncond, eps_cond = eps.chunk(2)
@@ -108,16 +111,35 @@ def _checkpointed_noise(unet, latents, timestep, context, guidance_scale):
                       use_reentrant=reentrant)
 
 
+class SampleNoise:
+    """Every random draw of a batch, each sample from its own CPU generator seeded by its noise
+    seed: x_T first, then (eta > 0) DDIM's fresh noise at each step, or direct fine-tuning's t
+    and noise. So a sample's image depends on its seed alone — never on its batch-mates, the
+    batch size or the device — and the same seed gives the same draws at every alpha.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.device, self.dtype = device, dtype
+
+    def draw(self, shape: Sequence[int]) -> torch.Tensor:
+        """Standard normal [B, *shape] on the device, the next draw of each sample's stream."""
+        return torch.stack([torch.randn(tuple(shape), generator=g, dtype=self.dtype)
+                            for g in self.generators]).to(self.device)
+
+    def integers(self, low: int, high: int) -> torch.Tensor:
+        """[B] int64 (CPU), uniform in [low, high] inclusive, one per sample's stream."""
+        return torch.cat([torch.randint(low, high + 1, (1,), generator=g)
+                          for g in self.generators])
+
+
 def initial_noise(
     seeds: Sequence[int], shape: tuple[int, int, int], device: torch.device | str,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """x_T: one CPU generator per sample, so a sample's noise depends on its seed alone."""
-    noise = torch.stack([
-        torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
-        for seed in seeds
-    ])
-    return noise.to(device)
+    """x_T [B, *shape]: each sample's first draw from its own seed (``SampleNoise``)."""
+    return SampleNoise(seeds, device, dtype).draw(shape)
 
 
 def denoise(
@@ -131,31 +153,41 @@ def denoise(
     guidance_scale: float,
     eta: float = 0.0,
     checkpointing: bool = True,
-    generator: torch.Generator | None = None,
+    noise: SampleNoise | None = None,
 ) -> torch.Tensor:
     """Run the DDIM chain from x_T; returns x_0 latents (or x̂0 for ``stop_at_x0``).
+
+    With ``eta`` > 0 each step adds fresh noise, drawn from ``noise`` (the samples' own
+    generators, which drew x_T); ValueError without it.
 
     Steps ``i < switch_at`` are conditioned on ``early_context``, the rest on ``late_context``.
     With ``truncation=None`` nothing carries gradient. Otherwise steps before ``grad_from`` run
     under no_grad and gradient flows into ``late_context`` (and a trained UNet) only through the
     last steps. ``scheduler.timesteps`` must already be set to T steps.
     """
+    if eta > 0 and noise is None:
+        raise ValueError("denoise with eta > 0 needs the samples' SampleNoise for DDIM's noise")
+
+    def step(eps, t, latents):
+        fresh = noise.draw(latents.shape[1:]).to(latents.dtype) if eta > 0 else None
+        return scheduler.step(eps, t, latents, eta=eta, variance_noise=fresh)
+
     grad_from = len(scheduler.timesteps) if truncation is None else truncation.grad_from
     for i, t in enumerate(scheduler.timesteps):
         context = early_context if i < switch_at else late_context
         if i < grad_from:
             with torch.no_grad():
                 eps = guided_noise(unet, latents, t, context, guidance_scale)
-                latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
+                latents = step(eps, t, latents).prev_sample
             continue
         if checkpointing:
             eps = _checkpointed_noise(unet, latents, t, context, guidance_scale)
         else:
             eps = guided_noise(unet, latents, t, context, guidance_scale)
-        step = scheduler.step(eps, t, latents, eta=eta, generator=generator)
+        out = step(eps, t, latents)
         if truncation.stop_at_x0:
-            return step.pred_original_sample
-        latents = step.prev_sample
+            return out.pred_original_sample
+        latents = out.prev_sample
     return latents
 
 

@@ -41,14 +41,15 @@ from textcraftor.prompts import (
     split_prompts,
     warn_unscorable,
 )
+from textcraftor.replicas import Replicas
 from textcraftor.sampler import (
     PromptTokenizer,
+    SampleNoise,
     decode,
     denoise,
     draw_truncation,
     guidance_context,
     guided_noise,
-    initial_noise,
     latent_shape,
 )
 
@@ -168,37 +169,37 @@ class TextCraftor:
         self.latent_shape = latent_shape(self.pipeline.vae, self.pipeline.unet,
                                          config.sample.resolution)
         self.optimizer, self.trainable = self._build_optimizer()
-        self.encoder = self._maybe_ddp(self.pipeline.text_encoder)
+        # every trained tensor identical on every rank: rank 0's start, averaged gradients
+        self.replicas = Replicas(self.trainable, world_size)
+        self.replicas.broadcast_from_first()
         self.scaler = torch.amp.GradScaler(enabled=self.autocast is torch.float16)
         self.evaluator = Evaluator(config, self.objective, self.device, self._load_clip)
 
     # --- set-up ----------------------------------------------------------------------------
 
-    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer,
+                                        list[tuple[str, torch.nn.Parameter]]]:
+        """AdamW over everything that trains; returns it with the (name, parameter) pairs, in
+        the same order on every rank."""
         m, t = self.config.model, self.config.train
         encoder = self.pipeline.text_encoder
         encoder.requires_grad_(m.train_text_encoder)
+        named: list[tuple[str, torch.nn.Parameter]] = []
         groups = []
         if m.train_text_encoder:
-            groups.append({"params": list(encoder.parameters()), "lr": t.lr})
+            named += [(f"text_encoder.{n}", p) for n, p in encoder.named_parameters()]
+            groups.append({"params": [p for _, p in named], "lr": t.lr})
         if m.train_unet != "none":
-            groups.append({"params": make_unet_trainable(self.pipeline, m.train_unet, m.lora_rank),
-                           "lr": m.unet_lr})
-        params = [p for g in groups for p in g["params"]]
+            make_unet_trainable(self.pipeline, m.train_unet, m.lora_rank)
+            unet = [(f"unet.{n}", p) for n, p in self.pipeline.unet.named_parameters()
+                    if p.requires_grad]
+            named += unet
+            groups.append({"params": [p for _, p in unet], "lr": m.unet_lr})
         try:
             optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=True)
         except (RuntimeError, TypeError):
             optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
-        return optimizer, params
-
-    def _maybe_ddp(self, module: torch.nn.Module) -> torch.nn.Module:
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized() \
-                and self.config.model.train_text_encoder:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            return DistributedDataParallel(module, device_ids=ids)
-        return module
+        return optimizer, named
 
     def _autocast(self):
         if self.autocast is None:
@@ -216,7 +217,7 @@ class TextCraftor:
         pipe, s = self.pipeline, self.config.sample
         ids = self.tokens(prompts)
         with self._autocast():
-            late = guidance_context(self.encoder, ids, self.empty_ids, s.guidance_scale)
+            late = guidance_context(pipe.text_encoder, ids, self.empty_ids, s.guidance_scale)
             if truncation.grad_from == 0:
                 early = late
             elif s.no_grad_encoder == "original":
@@ -225,31 +226,32 @@ class TextCraftor:
                                              s.guidance_scale)
             else:
                 early = late.detach()
-            latents = initial_noise(noise_seeds, self.latent_shape, self.device)
+            noise = SampleNoise(noise_seeds, self.device)
+            latents = noise.draw(self.latent_shape)  # x_T
             x0 = denoise(pipe.unet, pipe.scheduler, latents, early, late, truncation.grad_from,
-                         truncation, s.guidance_scale, s.eta, s.checkpointing)
+                         truncation, s.guidance_scale, s.eta, s.checkpointing, noise=noise)
             images = decode(pipe.vae, x0)
             return self.objective(images, prompts)
 
     def direct_loss(self, images: torch.Tensor, captions: Sequence[str],
-                    generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Direct fine-tuning: the paired images [B,3,H,W] in [0,1] noised to one t (drawn per
-        batch in [direct_t_min, direct_t_max]), x̂0 predicted in one guided UNet call whose
-        context comes from the trainable encoder, decoded and scored against the captions.
-        Gradient reaches the encoder through that one call."""
+                    noise_seeds: Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Direct fine-tuning: each paired image [B,3,H,W] in [0,1] noised to its own t (drawn
+        in [direct_t_min, direct_t_max] from its own seed, as its noise is), x̂0 predicted in one
+        guided UNet call whose context comes from the trainable encoder, decoded and scored
+        against the captions. Gradient reaches the encoder through that one call."""
         pipe, s = self.pipeline, self.config.sample
         ids = self.tokens(captions)
-        t = int(torch.randint(s.direct_t_min, s.direct_t_max + 1, (1,), generator=generator))
+        draws = SampleNoise(noise_seeds, self.device)
+        t = draws.integers(s.direct_t_min, s.direct_t_max)  # [B]
         with self._autocast():
-            context = guidance_context(self.encoder, ids, self.empty_ids, s.guidance_scale)
+            context = guidance_context(pipe.text_encoder, ids, self.empty_ids, s.guidance_scale)
             with torch.no_grad():
                 clean = pipe.vae.encode(images.to(self.device) * 2 - 1).latent_dist.mean
                 clean = clean * pipe.vae.config.scaling_factor
-            noise = torch.randn(clean.shape, generator=generator).to(self.device)
-            alpha_bar = pipe.scheduler.alphas_cumprod[t].to(self.device)
+            noise = draws.draw(clean.shape[1:])
+            alpha_bar = pipe.scheduler.alphas_cumprod[t].to(self.device).view(-1, 1, 1, 1)
             noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
-            timestep = torch.tensor(t, device=self.device)
-            eps = guided_noise(pipe.unet, noisy, timestep, context, s.guidance_scale)
+            eps = guided_noise(pipe.unet, noisy, t.to(self.device), context, s.guidance_scale)
             x0 = (noisy - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
             return self.objective(decode(pipe.vae, x0), captions)
 
@@ -261,28 +263,31 @@ class TextCraftor:
         ks = []
         for micro in range(t.grad_accum):
             index = (step - 1) * t.grad_accum + micro
-            sync = micro == t.grad_accum - 1 or not hasattr(self.encoder, "no_sync")
-            with contextlib.nullcontext() if sync else self.encoder.no_sync():
-                if self.pairs is not None:
-                    ks.append(1)
-                    start = (index * self.world_size + self.rank) * t.batch_size
-                    images, captions = self.pairs.batch(start, t.batch_size)
-                    generator = torch.Generator().manual_seed(
-                        _noise_seeds(t.seed, step, micro, self.rank, count=1)[0])
-                    loss, scores = self.direct_loss(images, captions, generator)
-                else:
-                    truncation = draw_truncation(s, random.Random(f"k:{t.seed}:{step}:{micro}"))
-                    ks.append(truncation.grad_steps(s.num_steps))
-                    prompts = [p.text for p in self.prompt_sampler.batch(index)]
-                    seeds = _noise_seeds(t.seed, step, micro, self.rank, count=len(prompts))
-                    loss, scores = self.forward_loss(prompts, seeds, truncation)
-                if step == t.inject_nan_at:
-                    loss = loss * float("nan")
-                self.scaler.scale(loss / t.grad_accum).backward()
+            # each sample's noise (x_T, DDIM's noise at eta > 0, direct mode's t and noise)
+            # comes from its own seed, so it never depends on its batch-mates
+            seeds = _noise_seeds(t.seed, step, micro, self.rank, count=t.batch_size)
+            if self.pairs is not None:
+                ks.append(1)
+                start = (index * self.world_size + self.rank) * t.batch_size
+                images, captions = self.pairs.batch(start, t.batch_size)
+                loss, scores = self.direct_loss(images, captions, seeds)
+            else:
+                # K is drawn once per micro-batch, the same on every rank
+                truncation = draw_truncation(s, random.Random(f"k:{t.seed}:{step}:{micro}"))
+                ks.append(truncation.grad_steps(s.num_steps))
+                prompts = [p.text for p in self.prompt_sampler.batch(index)]
+                loss, scores = self.forward_loss(prompts, seeds, truncation)
+            if step == t.inject_nan_at:
+                loss = loss * float("nan")
+            self.scaler.scale(loss / t.grad_accum).backward()
             for name, value in {"loss": loss, **scores}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float().mean() / t.grad_accum
+        # one all-reduce per optimizer step, before unscaling and clipping: the clip coefficient,
+        # the non-finite check and the update are computed from the same numbers on every rank
+        self.replicas.average_gradients()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, t.max_grad_norm or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.replicas.parameters,
+                                                   t.max_grad_norm or float("inf"))
         values = self._all_reduce_mean(torch.stack([*sums.values(), grad_norm.float()]))
         metrics = dict(zip([*sums, "grad_norm"], values))
         if not all(map(_finite, (metrics["loss"], metrics["grad_norm"]))):
@@ -435,6 +440,7 @@ class TextCraftor:
             if done or (t.eval_every and self.step % t.eval_every == 0):
                 last.update(self._evaluate_and_report())
             if done or self.step % t.save_every == 0:
+                self.replicas.check_identical()  # never checkpoint replicas that drifted apart
                 path = self.save()
                 self._emit(TrainEvent("checkpoint", self.step, last, str(path) if path else None))
         progress.close()
