@@ -11,7 +11,6 @@ import copy
 import functools
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
-from textcraftor.config import PRESETS
+from textcraftor.sources_check import model_source_problem
 from textcraftor.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,6 @@ PRESET_VERSION = "v2"  # bump when a preset's architecture, seed or layout chang
 _PRESET_FILES = ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                  "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json",
                  "scheduler/scheduler_config.json")
-_HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 
 # The ShapesWorld base model (``python -m textcraftor.shapes.pretrain``), committed with the
 # package; TEXTCRAFTOR_SHAPES_WEIGHTS points the preset at another folder.
@@ -271,20 +269,11 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
         return str(build_tiny_preset(cache / f"tiny-{PRESET_VERSION}-0"))
     if source == "shapes":
         return str(shapes_folder())
+    problem = model_source_problem(source)
+    if problem is not None:
+        raise FileNotFoundError(f"model.source {source!r}: {problem}")
     path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "unet").is_dir():
-            raise FileNotFoundError(
-                f"model.source {source!r} is a path but not a diffusers pipeline folder "
-                f"(no unet/ subfolder)"
-            )
-        return str(path)
-    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        return source
-    raise FileNotFoundError(
-        f"model.source {source!r}: no such folder, and not a preset ({', '.join(PRESETS)}) or "
-        f"hub id"
-    )
+    return str(path) if path.exists() else source
 
 
 def load_pipeline(
