@@ -137,11 +137,19 @@ def start_ray(address: str | None) -> None:
 
 
 def check_model_weights(study: StudyConfig) -> None:
-    """The committed ShapesWorld weights are checked here, not in every trial (~50 ms)."""
-    if study.base.model.source == "shapes":
-        from textcraftor.models import shapes_folder
+    """Every model, reward and evaluation weight the trials will load, resolved here before Ray
+    starts (textcraftor.sources_check): a missing folder, or weights neither cached nor
+    downloadable, is one SourceError listing them all, instead of workers retrying downloads
+    for minutes. The ShapesWorld weights' checksums are verified here too, not in every trial.
+    Beyond base's active rewards: the quality score's (loaded at weight 0 by every trial) and
+    every searched weight that can be positive."""
+    from textcraftor.sources_check import check_sources
 
-        shapes_folder()
+    extra = {n: f"objectives.quality_weights.{n}" for n in study.objectives.quality_weights}
+    for name, param in study.search.reward_weights.items():
+        if (param.high if param.searched else param.value) > 0:
+            extra.setdefault(name, f"search.reward_weights.{name}")
+    check_sources(study.base, extra, prefix="base.")
 
 
 def check_gcs_reachable(address: str, timeout_s: float = 10.0) -> None:

@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = resolve_config(args)
+        # every model, reward and evaluation weight, before any model loads
+        from textcraftor.sources_check import check_sources
+
+        check_sources(config)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
