@@ -62,9 +62,9 @@ def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: 
     else:  # K is the upper end of the random draw
         sample = replace(base.sample, k_max=k, k_min=min(base.sample.k_min, k))
     train = replace(base.train, lr=float(values["lr"]))
-    fault = study.fault_injection
-    if fault is not None and float(values[fault.param]) == float(fault.value):
-        train = replace(train, inject_nan_at=fault.nan_at_step)
+    for fault in study.fault_injection:
+        if fault.nan_at_step and fault.matches(values):
+            train = replace(train, inject_nan_at=fault.nan_at_step)
     return replace(base, reward=reward, sample=sample, train=train, output_dir=str(output_dir))
 
 

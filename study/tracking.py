@@ -1,6 +1,13 @@
 """MLflow tracking of a sweep: one parent run, one child run per trial, all written from the
 driver (a single writer, so a SQLite store never locks). Children are found again by tag on
-resume, so nothing is duplicated; runs an interrupted driver left RUNNING are closed."""
+resume, so nothing is duplicated; runs an interrupted driver left RUNNING are closed.
+
+A trial's metric points reach MLflow only once they are final (MLflow cannot delete a point):
+a point waits until a checkpoint at or after its step is committed, or the trial ends, and a
+worker group that restarts from a checkpoint drops the points it will redo. So MLflow holds
+exactly one point per (run, metric, step), the same as the trial folder's ``metrics.jsonl``;
+the price is that steps after the last checkpoint appear in MLflow only when the next one
+commits (see ``TrialPoints``)."""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from study.config import DEFAULT_TRACKING_URI
+from study.config import DEFAULT_TRACKING_URI, OBJECTIVES
 
 log = logging.getLogger(__name__)
 SWEEP_TAG, TRIAL_TAG, KIND_TAG = "textcraftor.sweep", "textcraftor.trial_id", "textcraftor.kind"
@@ -154,6 +162,13 @@ class SweepTracker:
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start:start + 1000])
 
+    def logged_points(self, run_id: str) -> set[tuple[str, int]]:
+        """Every (metric, step) the run already holds (a resumed driver must not log them
+        again)."""
+        metrics = self.client.get_run(run_id).data.metrics
+        return {(key, m.step) for key in metrics
+                for m in self.client.get_metric_history(run_id, key)}
+
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
 
@@ -168,8 +183,72 @@ class SweepTracker:
         return orphans
 
 
+@dataclass
+class TrialPoints:
+    """One trial's metric points between Ray and MLflow: what waits (``pending``, by step, last
+    value wins), what is final and what was logged.
+
+    A point is final once a checkpoint at or after its step is committed (a restarted worker
+    group resumes from there and never redoes it) or the trial has ended. A restart from step C
+    drops the pending points after C: the new worker group redoes those steps, and the run
+    folder's metrics.jsonl is trimmed to C the same way. ``logged`` guards against logging a
+    (metric, step) twice: across the eval, checkpoint and end reports of one step, and across
+    a driver restart (seeded from MLflow)."""
+
+    committed_step: int = -1  # step of the last committed checkpoint (-1: none yet)
+    attempt: str | None = None  # the worker group that sent the last result
+    pending: dict[int, dict[str, float]] = field(default_factory=dict)
+    logged: set[tuple[str, int]] = field(default_factory=set)
+
+    def add(self, step: int, metrics: Mapping[str, float]) -> None:
+        if metrics:
+            self.pending.setdefault(step, {}).update(metrics)
+
+    def restart(self, attempt: str | None, from_step: int) -> None:
+        """A result from worker group ``attempt``; when it is a new group, it resumed from the
+        checkpoint at ``from_step`` (-1: from the very start) and redoes every later step."""
+        if attempt == self.attempt:
+            return
+        self.attempt = attempt
+        self.pending = {s: m for s, m in self.pending.items() if s <= from_step}
+        self.committed_step = max(self.committed_step, from_step)
+
+    def commit(self, step: int) -> None:
+        """A checkpoint at ``step`` is committed."""
+        self.committed_step = max(self.committed_step, step)
+
+    def take_final(self, everything: bool = False) -> dict[int, dict[str, float]]:
+        """Remove and return the final points not logged yet, by step (``everything``: the
+        trial ended, all pending points are final); marks them logged."""
+        steps = sorted(s for s in self.pending if everything or s <= self.committed_step)
+        final: dict[int, dict[str, float]] = {}
+        for step in steps:
+            fresh = {k: v for k, v in self.pending.pop(step).items()
+                     if (k, step) not in self.logged}
+            if fresh:
+                final[step] = fresh
+                self.logged.update((k, step) for k in fresh)
+        return final
+
+
+def result_points(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    """The metric points one Tune result carries, by step: each buffered step's metrics
+    (``step_history``) and the result's own. The objectives are logged only from evaluation
+    results: the other reports repeat the last evaluation's values, which belong to its step."""
+    points: dict[int, dict[str, float]] = {}
+    for past in result.get("step_history") or []:
+        points.setdefault(int(past["step"]), {}).update(numeric_metrics(past))
+    own = numeric_metrics(result)
+    if result.get("event", "eval") != "eval":
+        own = {k: v for k, v in own.items() if k not in OBJECTIVES}
+    step = int(result.get("step", result.get("training_iteration", 0)))
+    points.setdefault(step, {}).update(own)
+    return points
+
+
 class MlflowTrialCallback(Callback):
-    """Tune callback on the driver: params, per-step metrics, sample grids, final status."""
+    """Tune callback on the driver: params, per-step metrics (each point once, when final; see
+    ``TrialPoints``), sample grids, final status."""
 
     def __init__(self, tracker: SweepTracker, params_of, run_dir_of):
         self.tracker = tracker
@@ -177,10 +256,16 @@ class MlflowTrialCallback(Callback):
         self.run_dir_of = run_dir_of  # trial id → the trial's run folder
         self._logged_checkpoints: set[str] = set()
         self._worker_nodes: dict[str, str] = {}
+        self._points: dict[str, TrialPoints] = {}
 
     def _run(self, trial) -> str:
         return self.tracker.child(trial.trial_id, self.params_of(trial.config),
                                   tags={"run_dir": str(self.run_dir_of(trial.trial_id))})
+
+    def _trial_points(self, trial_id: str, run_id: str) -> TrialPoints:
+        if trial_id not in self._points:  # a resumed driver: what the run holds is final
+            self._points[trial_id] = TrialPoints(logged=self.tracker.logged_points(run_id))
+        return self._points[trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.safely(lambda: self._run(trial))
@@ -189,18 +274,27 @@ class MlflowTrialCallback(Callback):
         self.tracker.safely(lambda: self._log_result(trial, result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.safely(lambda: self.tracker.finish(self._run(trial), "FINISHED"))
+        self.tracker.safely(lambda: self._end(trial, "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.safely(lambda: self._log_error(trial))
+        self.tracker.safely(lambda: self._end(trial, "FAILED"))
+
+    def _log_points(self, run_id: str, final: Mapping[int, Mapping[str, float]]) -> None:
+        for step, metrics in final.items():
+            self.tracker.log_metrics(run_id, metrics, step)
 
     def _log_result(self, trial, result) -> None:
         run_id = self._run(trial)
+        points = self._trial_points(trial.trial_id, run_id)
+        # a worker group restored from a checkpoint says from which step; else it started over
+        points.restart(result.get("attempt"), int(result.get("resumed_from_step", -1)))
+        for step, metrics in result_points(result).items():
+            points.add(step, metrics)
         step = int(result.get("step", result.get("training_iteration", 0)))
-        for past in result.get("step_history") or []:  # step metrics sent in a batch
-            self.tracker.log_metrics(run_id, numeric_metrics(past), int(past["step"]))
-        self.tracker.log_metrics(run_id, numeric_metrics(result), step)
         checkpoint = result.get("checkpoint_path")
+        if checkpoint:  # Ray Train registers a checkpoint before Tune sees its result
+            points.commit(step)
+        self._log_points(run_id, points.take_final())
         if checkpoint and checkpoint not in self._logged_checkpoints:
             self._logged_checkpoints.add(checkpoint)
             # the sample grid and per-prompt table travel inside the checkpoint: one artifact
@@ -223,10 +317,14 @@ class MlflowTrialCallback(Callback):
             named.write_bytes(data)
             self.tracker.client.log_artifact(run_id, str(named), artifact_path=folder)
 
-    def _log_error(self, trial) -> None:
+    def _end(self, trial, status: str) -> None:
+        """The trial finished or failed: every pending point is final."""
         run_id = self._run(trial)
-        self.tracker.client.set_tag(run_id, "error", trial_error_text(trial)[:4000] or "unknown")
-        self.tracker.finish(run_id, "FAILED")
+        self._log_points(run_id, self._trial_points(trial.trial_id, run_id).take_final(True))
+        if status == "FAILED":
+            self.tracker.client.set_tag(run_id, "error",
+                                        trial_error_text(trial)[:4000] or "unknown")
+        self.tracker.finish(run_id, status)
 
 
 def read_storage_file(folder: str, name: str) -> bytes | None:

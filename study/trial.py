@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -42,11 +44,18 @@ class RayTrainReporter:
 
     A report costs a round trip through the Train controller (about a second here), so step
     metrics are buffered and sent together (``step_history``) every ``report_every`` steps and
-    with each evaluation, checkpoint and the end; the driver logs each at its own step."""
+    with each evaluation, checkpoint and the end; the driver logs each at its own step, once it
+    is final (``study.tracking.TrialPoints``). Every report names its worker group
+    (``attempt``): a new one after a restart, which also reports ``resumed_from_step`` when it
+    started from a checkpoint. ``report``: ``ray.train.report`` (a test passes a list's
+    append-like sink)."""
 
     def __init__(self, rank: int, quality_weights: Mapping[str, float],
-                 scales: Mapping[str, float], trial_started_at: float, report_every: int = 10):
+                 scales: Mapping[str, float], trial_started_at: float, report_every: int = 10,
+                 report: Callable[..., None] | None = None):
         self.rank = rank
+        self.report = report or ray.train.report
+        self.attempt = uuid.uuid4().hex  # this worker group's id (rank 0's is the one Tune sees)
         self.quality_weights = dict(quality_weights)
         self.scales = dict(scales)
         self.objectives = {"quality": math.nan, "diversity": math.nan}
@@ -79,13 +88,34 @@ class RayTrainReporter:
         own = event.metrics if event.kind == "eval" else {}
         metrics = {**own, **self.objectives, **self.timing, "step": event.step,
                    "event": event.kind, "step_history": self.buffered,
-                   "worker_nodes": self.worker_nodes}
+                   "worker_nodes": self.worker_nodes, "attempt": self.attempt}
         self.buffered = []
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
         name = f"step_{event.step:07d}" if event.kind == "checkpoint" else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+class InjectedCrash(RuntimeError):
+    """The test-only worker crash of ``FaultInjection.crash_once_at_step``."""
+
+
+def crash_once_before_checkpoint(callback: Callable, step: int, marker: Path, rank: int
+                                 ) -> Callable:
+    """Testing aid: ``callback``, except that rank 0 raises ``InjectedCrash`` instead of passing
+    on the checkpoint event of ``step`` — once: ``marker`` (a file) remembers it. The other
+    ranks block in the report and Ray Train restarts the whole worker group from its last
+    committed checkpoint (``FailureConfig``)."""
+    def wrapped(event) -> None:
+        if (rank == 0 and event.kind == "checkpoint" and event.step == step
+                and not marker.exists()):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"crashed before reporting the checkpoint of step {step}\n")
+            raise InjectedCrash(f"injected worker crash before the checkpoint of step {step}")
+        callback(event)
+
+    return wrapped
 
 
 def peak_memory_mb() -> float:
@@ -140,7 +170,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     scales = {**REWARD_SCALES, **run.reward.scales}
     reporter = RayTrainReporter(rank, quality_weights, scales, loop_config["trial_started_at"])
     reporter.worker_nodes = worker_node_ids(world)
-    trainer = TextCraftor(run, callback=reporter,
+    callback = reporter
+    if loop_config.get("crash_once_at_step"):
+        callback = crash_once_before_checkpoint(reporter, loop_config["crash_once_at_step"],
+                                                Path(loop_config["crash_marker"]), rank)
+    trainer = TextCraftor(run, callback=callback,
                           rank=rank, world_size=world, device=device, show_progress=False,
                           objective=build_objective(run, quality_weights, device))
     checkpoint = ray.train.get_checkpoint()
@@ -159,6 +193,8 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     run = trial_run_config(config, params, config.sweep_dir / "trials" / trial_id)
     r = config.resources
+    crash = next((f.crash_once_at_step for f in config.fault_injection
+                  if f.crash_once_at_step and f.matches(params)), 0)
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={
@@ -166,6 +202,8 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
             "quality_weights": dict(config.objectives.quality_weights),
             "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
             "trial_started_at": time.time(),
+            "crash_once_at_step": crash,  # testing (FaultInjection): once per sweep
+            "crash_marker": str(config.sweep_dir / f".injected-crash-step-{crash}"),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0,
