@@ -268,8 +268,8 @@ def plan_rewards(plan: Plan, config: RunConfig, extra_rewards: Mapping[str, str]
                 plan.problems.append(Problem(
                     Slot(field_, None, needed_by=needed_by),
                     f"the shapes preset has rewards {', '.join(SHAPES_REWARDS)} only",
-                    f"set {field_}.source (and .backbone) to real weights, or drop {name} from "
-                    f"{needed_by.rpartition('.')[0] or needed_by}"))
+                    f"set {field_}.source (and .backbone) to real weights, or drop "
+                    f"{needed_by}"))
             continue
         from textcraftor.rewards import DEFAULT_SOURCES
 
