@@ -7,17 +7,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from textcraftor.checkpoint import STATE_FILE, latest_checkpoint
+from textcraftor.config import ConfigError, RunConfig, load_run_config
+from textcraftor.configio import to_dict
+from textcraftor.limits import check_model_limits
 
-from textcraftor.checkpoint import latest_checkpoint, load_checkpoint
-from textcraftor.config import RunConfig, load_run_config
-from textcraftor.generation import sample_images
-from textcraftor.models import Pipeline, load_pipeline
-from textcraftor.sampler import PromptTokenizer
-from textcraftor.trainer import autocast_dtype, load_unet_weights, make_unet_trainable
+if TYPE_CHECKING:  # torch, diffusers and transformers load only once the input is checked
+    import torch
+
+    from textcraftor.models import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,9 @@ def load_finetuned(pipeline: Pipeline, checkpoint: str | Path, train_unet: str =
                    lora_rank: int = 4) -> Pipeline:
     """Put a checkpoint's text encoder (and UNet/LoRA) into ``pipeline``; the original encoder
     stays as loaded."""
+    from textcraftor.checkpoint import load_checkpoint
+    from textcraftor.trainer import load_unet_weights, make_unet_trainable
+
     state = load_checkpoint(checkpoint)
     if "text_encoder" in state.weights:
         pipeline.text_encoder.load_state_dict(state.weights["text_encoder"])
@@ -38,21 +44,37 @@ def load_finetuned(pipeline: Pipeline, checkpoint: str | Path, train_unet: str =
 
 
 def resolve_checkpoint(run_or_checkpoint: str) -> tuple[Path, RunConfig | None]:
-    """A checkpoint folder and, when it belongs to a run folder, that run's resolved config."""
+    """A checkpoint folder and, when it belongs to a run folder, that run's resolved config.
+
+    Raises FileNotFoundError naming ``--run`` when the path does not exist, is neither a run
+    folder nor a checkpoint folder, or is a run without a checkpoint yet."""
     path = Path(run_or_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"--run {path}: no such folder")
     if (path / "config.json").is_file():  # a run folder: its latest checkpoint
         found = latest_checkpoint(path)
         if found is None:
-            raise FileNotFoundError(f"run folder {path} has no checkpoint yet")
+            raise FileNotFoundError(f"--run {path}: the run has no checkpoint yet")
         return found, load_run_config(None, base=json.loads((path / "config.json").read_text()))
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint folder")
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--run {path}: neither a run folder (config.json) nor a "
+                                f"checkpoint folder ({STATE_FILE})")
     run_config = path.parent.parent / "config.json"
     base = json.loads(run_config.read_text()) if run_config.is_file() else None
     return path, (load_run_config(None, base=base) if base else None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → [0, 1, 2]. Raises ConfigError naming ``--seeds`` for anything else."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not a comma-separated list of integers "
+                          "(e.g. 0,1,2)") from None
+    return seeds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m textcraftor.generate", description=__doc__)
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--run", help="run folder or checkpoint folder of a fine-tuned encoder "
@@ -66,16 +88,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated noise seeds per prompt")
     parser.add_argument("--out", required=True, help="output folder for PNG files")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     if not args.prompt:
         parser.error("give at least one --prompt")
-    checkpoint, run_config = resolve_checkpoint(args.run) if args.run else (None, None)
-    base = None
-    if run_config is not None and not args.config:
-        from textcraftor.configio import to_dict
+    return args
 
-        base = to_dict(run_config)
+
+def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[int]]:
+    """The config, the checkpoint (or None) and the seeds, every input checked before any model
+    loads. Raises ConfigError naming the option or field, FileNotFoundError for a missing
+    --run or --config."""
+    seeds = parse_seeds(args.seeds)
+    if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
+        raise ConfigError(f"--alpha: must be in [0, 1], got {args.alpha}")
+    checkpoint, run_config = resolve_checkpoint(args.run) if args.run else (None, None)
+    base = to_dict(run_config) if run_config is not None and not args.config else None
     config = load_run_config(args.config, args.overrides, base=base)
+    t, m = config.sample.num_steps, args.finetuned_steps
+    if m is not None and not 0 <= m <= t:
+        raise ConfigError(f"--finetuned-steps: must be in [0, sample.num_steps={t}], got {m}")
+    check_model_limits(config)  # the model's JSON configs only
+    return config, checkpoint, seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    try:
+        config, checkpoint, seeds = check_args(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import torch
+
+    from textcraftor.generation import sample_images
+    from textcraftor.models import load_pipeline
+    from textcraftor.sampler import PromptTokenizer
+    from textcraftor.trainer import autocast_dtype
+
     m = config.model
     pipeline = load_pipeline(m.source, m.cache_dir, m.revision)
     if checkpoint is not None:
@@ -84,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no --run given: the base model (alpha has no effect)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipeline.to(device)
-    seeds = [int(s) for s in args.seeds.split(",")]
     prompts = [p for p in args.prompt for _ in seeds]
     noise_seeds = [s for _ in args.prompt for s in seeds]
     dtype = autocast_dtype(m.mixed_precision, device)

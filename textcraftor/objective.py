@@ -19,7 +19,11 @@ from textcraftor.rewards.tiny import build_tiny_rewards
 
 
 class Objective(nn.Module):
-    """Weighted sum of differentiable rewards; gradient flows only through the images."""
+    """Weighted sum of differentiable rewards; gradient flows only through the images.
+
+    The reward models sit in an ``nn.ModuleList`` beside a tuple of their names, not in an
+    ``nn.ModuleDict``: a reward name may hold a dot (``hpsv2.1``), which a module name cannot.
+    """
 
     def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float],
                  scales: Mapping[str, float] | None = None):
@@ -27,16 +31,22 @@ class Objective(nn.Module):
         missing = set(weights) - set(rewards)
         if missing:
             raise ValueError(f"no reward model for weight(s) {sorted(missing)}")
-        self.rewards = nn.ModuleDict({name: rewards[name] for name in weights})
+        self.names: tuple[str, ...] = tuple(weights)
+        self.models = nn.ModuleList(rewards[name] for name in self.names)
         scales = {**REWARD_SCALES, **(scales or {})}
         # w_i * s_i per reward, in a fixed order
         self.coefficients = {name: float(w) * float(scales[name]) for name, w in weights.items()}
+
+    @property
+    def rewards(self) -> dict[str, Reward]:
+        """The reward models by their names (``hpsv2.1`` as written), in the weights' order."""
+        return dict(zip(self.names, self.models))
 
     def forward(
         self, images: torch.Tensor, prompts: Sequence[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """images: [B,3,H,W] in [0,1]. Returns (loss scalar, {name: [B] raw reward Rᵢ})."""
-        scores = {name: reward(images, prompts) for name, reward in self.rewards.items()}
+        scores = {name: reward(images, prompts) for name, reward in zip(self.names, self.models)}
         weighted = sum(c * scores[name] for name, c in self.coefficients.items())
         return -weighted.mean(), scores
 

@@ -26,6 +26,7 @@ from textcraftor.config import RunConfig
 from textcraftor.configio import to_dict
 from textcraftor.evaluation import EvalResult, Evaluator, load_reference_images
 from textcraftor.generation import sample_images
+from textcraftor.limits import check_model_limits
 from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.objective import (
     Objective,
@@ -157,6 +158,7 @@ class TextCraftor:
         if config.sample.truncation == "direct":
             self.pairs = load_pairs(d.pairs or SHAPES_PAIRS, config.sample.resolution,
                                     config.train.seed)
+        check_model_limits(config, pipeline)  # what the scheduler/VAE refuse, from configs
         if objective is None:
             check_reward_sources(config.reward)
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision)).to(
