@@ -99,11 +99,12 @@ def plan(args: argparse.Namespace) -> Plan:
                               f"{checkpoint.name}); pass --resume to continue it or choose "
                               "another --output-dir")
         result = Plan(config)
-    check_model_limits(result.config)  # reads the model's JSON configs only
-    # every model, reward and evaluation weight, before any model loads
+    # every model, reward and evaluation weight, before any model loads, and before the limits
+    # read the model's configs (a missing folder is then named together with the rest)
     from textcraftor.sources_check import check_sources
 
     check_sources(result.config)
+    check_model_limits(result.config)  # reads the model's JSON configs only
     return result
 
 
