@@ -206,6 +206,18 @@ def test_hub_id_not_cached_offline_is_named_with_hf_download(tmp_path):
                                   "tokenizer/merges.txt text_encoder/config.json")
 
 
+def test_model_problems_are_the_model_sources_alone(tmp_path, tiny_source):
+    from textcraftor.sources_check import model_problems
+
+    settings = downloads(tmp_path)
+    # a local pipeline folder: no model problem, whatever its rewards lack
+    assert model_problems(load_run_config(None, [f"model.source={tiny_source}"]), settings) == []
+    assert find_problems(load_run_config(None, [f"model.source={tiny_source}"]),
+                         downloads=settings) != []
+    (problem,) = model_problems(load_run_config(None, ["model.source=owner/repo"]), settings)
+    assert problem.slot.field == "model.source" and "HF_HUB_OFFLINE is set" in problem.reason
+
+
 def test_a_folder_that_is_not_a_pipeline_is_named(tmp_path):
     (tmp_path / "not-a-pipeline").mkdir()
     config = load_run_config(None, [f"model.source={tmp_path / 'not-a-pipeline'}"])

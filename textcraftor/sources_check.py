@@ -201,6 +201,15 @@ def find_problems(config: RunConfig, extra_rewards: Mapping[str, str] | None = N
     return plan.problems + missing_downloads(plan, downloads)
 
 
+def model_problems(config: RunConfig, downloads: Downloads | None = None) -> list[Problem]:
+    """The problems of ``model.source`` alone: empty when the model's files can be read (what
+    the limits check, ``textcraftor.limits``, needs before it reads the model's configs)."""
+    downloads = downloads or Downloads.from_environment()
+    plan = Plan()
+    plan_model(plan, config, "")
+    return plan.problems + missing_downloads(plan, downloads)
+
+
 # --- model.source ----------------------------------------------------------------------------
 
 

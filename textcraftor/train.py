@@ -99,12 +99,11 @@ def plan(args: argparse.Namespace) -> Plan:
                               f"{checkpoint.name}); pass --resume to continue it or choose "
                               "another --output-dir")
         result = Plan(config)
-    # every model, reward and evaluation weight, before any model loads, and before the limits
-    # read the model's configs (a missing folder is then named together with the rest)
-    from textcraftor.sources_check import check_sources
+    from textcraftor.sources_check import check_sources, model_problems
 
-    check_sources(result.config)
-    check_model_limits(result.config)  # reads the model's JSON configs only
+    if not model_problems(result.config):  # else check_sources names the model with the rest
+        check_model_limits(result.config)  # reads the model's JSON configs only
+    check_sources(result.config)  # every model, reward and evaluation weight, before any loads
     return result
 
 
