@@ -349,6 +349,16 @@ def test_pretrained_lpips_offline_without_the_torch_hub_file_is_named(tmp_path):
     assert fields(find_problems(off, downloads=settings)) == ["eval.features"]
 
 
+def test_auto_picks_the_pretrained_networks_where_the_evaluator_does():
+    from textcraftor.evaluation import Evaluator
+    from textcraftor.sources_check import RANDOM_EVAL_PRESETS
+
+    for source in ("tiny", "shapes", "sd15-random", "owner/repo", "/some/folder"):
+        config = load_run_config(None, [f"model.source={source}"])
+        evaluator = Evaluator(config, objective=None, device="cpu", load_clip=None)
+        assert evaluator._offline_defaults() == (source in RANDOM_EVAL_PRESETS), source
+
+
 def test_the_evaluation_urls_and_folders_are_the_libraries_own(tmp_path, monkeypatch):
     import torch
     import torchvision
