@@ -186,3 +186,9 @@ def test_read_yaml_errors(tmp_path):
     with pytest.raises(ConfigError, match="the top level must be a mapping"):
         read_yaml(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
     assert read_yaml(write(tmp_path / "empty.yaml", "")) == {}
+
+
+def test_a_missing_required_field_is_named():
+    with pytest.raises(ConfigError) as error:
+        load_run_config(None, ["reward.sources.hpsv2.1.backbone=/w/vit.json"])
+    assert str(error.value) == "reward.sources.hpsv2.1.source: required, not given"
