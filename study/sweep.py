@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig, load_study_config
+from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
+from study.resume import ResumeError, canonical_tracking_uri, check_resume
 from study.summary import pareto_table, summarize, write_summary
 from study.tracking import (
     SweepTracker,
@@ -49,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster address ('auto' for a running cluster); "
                         "default: start a local Ray")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted sweep of the same name")
+                        help="continue an interrupted sweep of the same name, under the study "
+                        "it started with (only tuner.num_samples upwards, tuner.max_concurrent "
+                        "and resources.max_failures may change)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a study field, e.g. "
                         "base.train.steps=20 or search.k.high=3")
@@ -119,7 +124,15 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TEXTCRAFTOR_CACHE", "MLFLOW_DISAB
 
 def start_ray(address: str | None) -> None:
     """Connect to the cluster at ``address``, or start a fresh local one (never a stray local
-    cluster someone else started)."""
+    cluster someone else started).
+
+    A local cluster's address goes into ``RAY_ADDRESS``, in this process and in every Ray
+    process of the job (runtime_env): Ray's components that look a cluster up on their own
+    (the State API that Ray Train's controller and state actor call, the dashboard client) read
+    it first. Without it they scan the machine for GCS processes and, with a second sweep
+    running, find two ("Found multiple active Ray instances", ray._private.services). The GCS
+    port is chosen here (``RAY_GCS_SERVER_PORT``), since the job's environment is fixed before
+    the cluster starts."""
     import ray
 
     runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
@@ -129,11 +142,37 @@ def start_ray(address: str | None) -> None:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise SweepError(f"no Ray cluster at {address!r}: {error}") from None
-    else:
-        store = int(os.environ.get("TEXTCRAFTOR_OBJECT_STORE_BYTES", 256 * 2**20))
-        # the dashboard (on 127.0.0.1) serves the State API that Ray Train's clean-up polls
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        return
+    store = int(os.environ.get("TEXTCRAFTOR_OBJECT_STORE_BYTES", 256 * 2**20))
+    port = free_port()
+    own = f"{ray.util.get_node_ip_address()}:{port}"
+    runtime_env["env_vars"]["RAY_ADDRESS"] = own
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
         ray.init(address="local", object_store_memory=store, runtime_env=runtime_env,
                  logging_level=logging.WARNING)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = saved
+    started = ray.get_runtime_context().gcs_address
+    if started != own:
+        ray.shutdown()
+        raise SweepError(f"the local Ray cluster started at {started}, not at {own} as asked "
+                         "(RAY_GCS_SERVER_PORT); its components could not find it")
+    os.environ["RAY_ADDRESS"] = started
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def check_model_weights(study: StudyConfig) -> None:
@@ -150,6 +189,14 @@ def check_model_weights(study: StudyConfig) -> None:
         if (param.high if param.searched else param.value) > 0:
             extra.setdefault(name, f"search.reward_weights.{name}")
     check_sources(study.base, extra, prefix="base.")
+    # what the scheduler, UNet and VAE refuse (num_steps, direct_t, resolution), from their
+    # configs only: a trial would otherwise load every model first and then die
+    from textcraftor.limits import check_model_limits
+
+    try:
+        check_model_limits(study.base)
+    except ConfigError as error:
+        raise ConfigError(f"base.{error}") from None
 
 
 def check_gcs_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -195,9 +242,11 @@ def check_resources(study: StudyConfig, address: str | None) -> bool:
 
 
 def make_searcher(study: StudyConfig):
+    """Optuna (define-by-run, persistent storage) behind Tune's concurrency limit."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from study.resume import StudySearch
     from study.space import DefineByRun, reference_point
 
     t = study.tuner
@@ -205,7 +254,7 @@ def make_searcher(study: StudyConfig):
                 "random": optuna.samplers.RandomSampler}
     storage_url = t.storage or f"sqlite:///{study.sweep_dir / 'optuna.db'}"
     names = list(study.objectives.names)
-    return OptunaSearch(
+    searcher = OptunaSearch(
         DefineByRun(study),
         metric=names if len(names) > 1 else names[0],
         mode=["max"] * len(names) if len(names) > 1 else "max",
@@ -214,6 +263,7 @@ def make_searcher(study: StudyConfig):
         study_name=study.name,
         points_to_evaluate=[reference_point(study)] if t.reference_first else None,
     )
+    return StudySearch(searcher, t.max_concurrent, study.sweep_dir)
 
 
 def make_trainable(study: StudyConfig):
@@ -229,9 +279,13 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
     from ray import tune
 
     if resume:
-        return tune.Tuner.restore(tune_state(study)[0], trainable=make_trainable(study),
-                                  resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False)
+        tuner = tune.Tuner.restore(tune_state(study)[0], trainable=make_trainable(study),
+                                   resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        # Tune restores the callbacks pickled at the first start (that driver's objects, with
+        # its MLflow client); this driver's callbacks take their place.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
     scheduler = None
     if study.tuner.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -241,23 +295,25 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
     return tune.Tuner(
         make_trainable(study),
         tune_config=tune.TuneConfig(search_alg=make_searcher(study), scheduler=scheduler,
-                                    num_samples=study.tuner.num_samples,
-                                    max_concurrent_trials=study.tuner.max_concurrent),
+                                    num_samples=study.tuner.num_samples),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=study.storage_dir,
                                   callbacks=callbacks),
     )
 
 
-def trial_records(results, study: StudyConfig, tracker: SweepTracker) -> list[dict[str, Any]]:
-    """Every trial Tune knows of (finished, failed or unfinished) as a summary record."""
+def trial_records(results, study: StudyConfig, tracker: SweepTracker,
+                  statuses: TrialStatuses) -> list[dict[str, Any]]:
+    """Every trial Tune knows of as a summary record: TERMINATED or ERROR when it ran to its
+    end, INTERRUPTED when it started and was stopped, NOT_STARTED when it never started."""
     from study.space import trial_params
 
     records = []
     for trial in results._experiment_analysis.trials:
         last = trial.last_result or {}
+        started = tracker.run_id(trial.trial_id) is not None  # a child run: it started once
         records.append({
             "trial_id": trial.trial_id,
-            "status": trial.status,
+            "status": statuses.status(trial.trial_id, trial.status, started),
             "params": trial_params(trial.config, study),
             "objectives": {o: _finite_or_none(last.get(o)) for o in study.objectives.names},
             "steps": last.get("step"),
@@ -308,16 +364,32 @@ def _error(trial) -> str | None:
     return lines[-1] if lines else None
 
 
-def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = False) -> dict:
+def saved_study(study: StudyConfig, tracking_uri: str) -> dict[str, Any]:
+    """The study as the sweep folder keeps it (study_config.json): plain data, with the MLflow
+    store it tracks into made explicit."""
+    return to_dict(replace(study, tracking_uri=canonical_tracking_uri(tracking_uri)))
+
+
+def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = False,
+              stop: StopSignals | None = None) -> dict:
+    """Check everything, start Ray, run (or resume) the sweep; returns the summary. ``stop``:
+    the driver's signal handling (``Tuner.fit()`` stops on SIGINT/SIGTERM and the summary says
+    so); a signal outside ``fit()`` raises KeyboardInterrupt, with the MLflow runs closed."""
+    stop = stop or StopSignals()
     uri = resolve_tracking_uri(study.tracking_uri)
     check_tracking_uri(uri)
     check_model_weights(study)
     sweep_dir = check_sweep_dir(study, resume)
+    changes = check_resume(sweep_dir, saved_study(study, uri), resume)  # before Ray starts
     start_ray(address)
     requested = check_resources(study, address)
     tracker = SweepTracker(uri, study.experiment, study.name)
     try:
-        summary = _track_and_tune(study, tracker, resume, uri)
+        summary = _track_and_tune(study, tracker, resume, uri, stop, changes)
+    except KeyboardInterrupt:
+        tracker.safely(lambda: tracker.close_orphans("KILLED"))
+        tracker.safely(lambda: tracker.finish(tracker.parent_id, "KILLED"))
+        raise
     finally:
         if requested:
             from ray.autoscaler.sdk import request_resources
@@ -327,43 +399,60 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     if study.remote_results:
         upload(sweep_dir / "summary.json", f"{study.storage_dir}/summary.json")
     table = pareto_table(summary)
-    unfinished = [t for t in summary["trials"] if t["status"] not in ("TERMINATED", "ERROR")]
+    complete = (not summary["unfinished"] and not summary["interrupted_by"]
+                and summary["num_trials"] >= summary["num_samples"])
     parent = tracker.parent_id
     tracker.safely(lambda: tracker.client.log_artifact(parent, str(sweep_dir / "summary.json")))
     tracker.safely(lambda: tracker.client.log_text(parent, table, "pareto.txt"))
-    tracker.safely(lambda: tracker.close_orphans("KILLED"))
-    tracker.safely(lambda: tracker.finish(parent, "KILLED" if unfinished else "FINISHED"))
+    tracker.safely(lambda: tracker.close_orphans("KILLED"))  # the interrupted trials' runs
+    tracker.safely(lambda: tracker.finish(parent, "FINISHED" if complete else "KILLED"))
     if tracker.errors and summary["tracking_errors"] != tracker.errors:
         summary["tracking_errors"] = list(tracker.errors)
         write_summary(sweep_dir / "summary.json", summary)
     print(table)
-    if unfinished:
-        print(f"\n{len(unfinished)} trial(s) unfinished: continue with --resume", file=sys.stderr)
+    if not complete:
+        counts = ", ".join(f"{n} {s}" for s, n in summary["status_counts"].items()
+                           if s not in FINISHED)
+        missing = summary["num_samples"] - summary["num_trials"]
+        print(f"\n{summary['unfinished']} trial(s) unfinished ({counts or 'none'}), {missing} "
+              "not created yet: continue with --resume", file=sys.stderr)
     if tracker.errors:
         print(f"warning: MLflow tracking lost during the sweep ({tracker.errors[0]}); "
               f"summary.json has every trial", file=sys.stderr)
     return summary
 
 
-def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool,
-                    uri: str) -> dict[str, Any]:
+def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri: str,
+                    stop: StopSignals, changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
     from study.baseline import run_baseline
+    from study.resume import RESUMES, STUDY_CONFIG
     from study.space import trial_params
     from study.tracking import MlflowTrialCallback
 
+    parent = tracker.parent_id
     if not resume:
-        tracker.safely(lambda: tracker.log_params(tracker.parent_id, flatten(to_dict(study))))
-        tracker.safely(lambda: tracker.client.log_dict(tracker.parent_id, to_dict(study),
-                                                       "study_config.json"))
+        tracker.safely(lambda: tracker.log_params(parent, flatten(to_dict(study))))
+    if not resume or changes:  # the parent run shows the study the sweep runs under
+        tracker.safely(lambda: tracker.client.log_artifact(parent, str(study.sweep_dir
+                                                                       / STUDY_CONFIG)))
+    if changes:
+        tracker.safely(lambda: tracker.client.log_artifact(parent, str(study.sweep_dir
+                                                                       / RESUMES)))
     run_baseline(study, tracker)
     callback = MlflowTrialCallback(
         tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
         lambda trial_id: study.sweep_dir / "trials" / trial_id)
-    tuner = make_tuner(study, [callback], resume)
+    statuses = TrialStatuses()
+    tuner = make_tuner(study, [callback, statuses], resume)
     started = time.perf_counter()
-    results = tuner.fit()
-    summary = summarize(trial_records(results, study, tracker), study.objectives.names)
-    summary.update({"name": study.name, "mlflow_parent_run_id": tracker.parent_id,
+    with stop.fitting():
+        results = tuner.fit()
+    summary = summarize(trial_records(results, study, tracker, statuses),
+                        study.objectives.names)
+    summary.update({"name": study.name, "num_samples": study.tuner.num_samples,
+                    "unfinished": sum(t["status"] not in FINISHED for t in summary["trials"]),
+                    "interrupted_by": stop.received.name if stop.received else None,
+                    "mlflow_parent_run_id": parent,
                     "tracking_uri": uri, "experiment": study.experiment,
                     "overhead": overhead(summary["trials"], time.perf_counter() - started),
                     "baseline": baseline_record(tracker),
@@ -392,13 +481,28 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = parse_args(argv)
-    try:
-        study = load_study(args)
-        summary = run_sweep(study, args.address, args.resume)
-    except (ConfigError, FileNotFoundError, SweepError, TrackingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with StopSignals() as stop:
+        try:
+            study = load_study(args)
+            summary = run_sweep(study, args.address, args.resume, stop)
+        except (ConfigError, FileNotFoundError, SweepError, TrackingError,
+                ResumeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            name = stop.received.name if stop.received else "SIGINT"
+            print(f"error: interrupted by {name} before the trials ran; continue with --resume",
+                  file=sys.stderr)
+            return stop.exit_code or EXIT_CODES[signal.SIGINT]
     print(f"\nsummary: {study.sweep_dir / 'summary.json'}")
+    if stop.exit_code is not None:
+        print(f"error: interrupted by {stop.received.name}: {summary['unfinished']} trial(s) "
+              "unfinished; continue with --resume", file=sys.stderr)
+        return stop.exit_code
+    if summary["unfinished"] or summary["num_trials"] < summary["num_samples"]:
+        print("error: the sweep stopped before all its trials ended; continue with --resume",
+              file=sys.stderr)
+        return 1
     if summary["num_trials"] and not summary["status_counts"].get("TERMINATED"):
         print("error: no trial completed; see the errors in summary.json", file=sys.stderr)
         return 1

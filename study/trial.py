@@ -67,6 +67,12 @@ class RayTrainReporter:
         self.buffered: list[dict[str, Any]] = []
         self.worker_nodes = ""  # Ray node ids of the ranks, in rank order, distinct
 
+    def flush(self, step: int) -> None:
+        """Send the buffered step metrics now (the run is stopping at ``step`` on every rank at
+        once, e.g. a non-finite loss: the report's barrier holds)."""
+        if self.buffered:
+            self._send("step", step, {}, checkpoint=None)
+
     def __call__(self, event) -> None:  # event: textcraftor.trainer.TrainEvent
         if event.kind == "step":
             self.timing["train_time_s"] += event.metrics["step_s"]
@@ -85,15 +91,18 @@ class RayTrainReporter:
                 return
         # step metrics travel in step_history only, evaluation metrics with their eval event;
         # checkpoint and end events repeat both, so they add only objectives and timing
-        own = event.metrics if event.kind == "eval" else {}
-        metrics = {**own, **self.objectives, **self.timing, "step": event.step,
-                   "event": event.kind, "step_history": self.buffered,
-                   "worker_nodes": self.worker_nodes, "attempt": self.attempt}
-        self.buffered = []
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
-        name = f"step_{event.step:07d}" if event.kind == "checkpoint" else None
+        self._send(event.kind, event.step, event.metrics if event.kind == "eval" else {},
+                   checkpoint)
+
+    def _send(self, kind: str, step: int, own: Mapping[str, float], checkpoint) -> None:
+        metrics = {**own, **self.objectives, **self.timing, "step": step, "event": kind,
+                   "step_history": self.buffered, "worker_nodes": self.worker_nodes,
+                   "attempt": self.attempt}
+        self.buffered = []
+        name = f"step_{step:07d}" if kind == "checkpoint" else None
         self.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
@@ -159,7 +168,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from textcraftor.rewards import REWARD_SCALES
-    from textcraftor.trainer import TextCraftor
+    from textcraftor.trainer import NonFiniteLossError, TextCraftor
 
     run = from_dict(RunConfig, loop_config["run"])
     context = ray.train.get_context()
@@ -182,7 +191,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             trainer.restore(folder)
         reporter.timing["resumed_from_step"] = float(trainer.step)  # a restarted worker group
-    trainer.fit()
+    try:
+        trainer.fit()
+    except NonFiniteLossError:  # every rank stops at the same step: the steps before it count
+        reporter.flush(trainer.step)
+        raise
 
 
 def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -106,3 +107,30 @@ def rest(base: str, path: str, body: dict | None = None) -> dict:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def metric_points(client, run_id: str) -> dict[tuple[str, int], list[float]]:
+    """Every value MLflow holds for each (metric, step) of a run."""
+    points: dict[tuple[str, int], list[float]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        for m in client.get_metric_history(run_id, key):
+            points.setdefault((key, m.step), []).append(m.value)
+    return points
+
+
+def assert_points_match_run_folder(client, run_id: str, run_dir: Path) -> dict:
+    """One MLflow point per (metric, step), and every value of the trial folder's metrics.jsonl
+    in MLflow at its step; returns the points ({(metric, step): value})."""
+    points = metric_points(client, run_id)
+    repeated = {p: v for p, v in points.items() if len(v) != 1}
+    assert not repeated, repeated
+    lines = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    record = {(k, line["step"]): v for line in lines for k, v in line.items()
+              if k not in ("kind", "step")}
+    assert record, run_dir
+    single = {p: v[0] for p, v in points.items()}
+    finite = {p: v for p, v in record.items() if math.isfinite(v)}  # MLflow gets finite ones
+    differ = {p: (finite.get(p), single.get(p)) for p in record
+              if single.get(p) != finite.get(p)}
+    assert not differ, f"(metric, step): (metrics.jsonl, MLflow) {differ}"
+    return single
