@@ -33,6 +33,7 @@ from textcraftor.configio import ConfigError, to_dict
 
 log = logging.getLogger("study.sweep")
 TUNE_DIR = "tune"  # <sweep_dir>/tune: Ray Tune's experiment state
+PENDING_POINTS = "pending_points.json"  # metric points not final yet, for a resumed driver
 
 
 class SweepError(RuntimeError):
@@ -284,7 +285,7 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
                                    restart_errored=False)
         # Tune restores the callbacks pickled at the first start (that driver's objects, with
         # its MLflow client); this driver's callbacks take their place.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # None over ray://
         return tuner
     scheduler = None
     if study.tuner.scheduler == "asha":
@@ -379,6 +380,9 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     uri = resolve_tracking_uri(study.tracking_uri)
     check_tracking_uri(uri)
     check_model_weights(study)
+    if resume and (address or "").startswith("ray://"):
+        raise SweepError("--resume needs the driver on the cluster (ray job submit), not a "
+                         "Ray Client address (ray://): Tune keeps a client's Tuner remote")
     sweep_dir = check_sweep_dir(study, resume)
     changes = check_resume(sweep_dir, saved_study(study, uri), resume)  # before Ray starts
     start_ray(address)
@@ -441,7 +445,8 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     run_baseline(study, tracker)
     callback = MlflowTrialCallback(
         tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
-        lambda trial_id: study.sweep_dir / "trials" / trial_id)
+        lambda trial_id: study.sweep_dir / "trials" / trial_id,
+        pending_file=study.sweep_dir / PENDING_POINTS)
     statuses = TrialStatuses()
     tuner = make_tuner(study, [callback, statuses], resume)
     started = time.perf_counter()

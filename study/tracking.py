@@ -11,6 +11,7 @@ commits (see ``TrialPoints``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -193,7 +194,12 @@ class TrialPoints:
     drops the pending points after C: the new worker group redoes those steps, and the run
     folder's metrics.jsonl is trimmed to C the same way. ``logged`` guards against logging a
     (metric, step) twice: across the eval, checkpoint and end reports of one step, and across
-    a driver restart (seeded from MLflow)."""
+    a driver restart (seeded from MLflow).
+
+    Ray Train commits a checkpoint before the driver hears of it, so a driver stopped in
+    between would lose the points up to it (the resumed trial starts after it): the pending
+    points outlive the driver (``saved``/``restored``, a file in the sweep folder), and the
+    resumed trial's ``resumed_from_step`` says which of them are final."""
 
     committed_step: int = -1  # step of the last committed checkpoint (-1: none yet)
     attempt: str | None = None  # the worker group that sent the last result
@@ -216,6 +222,17 @@ class TrialPoints:
     def commit(self, step: int) -> None:
         """A checkpoint at ``step`` is committed."""
         self.committed_step = max(self.committed_step, step)
+
+    def saved(self) -> dict[str, Any]:
+        """What a later driver needs (``restored``): plain JSON-able data."""
+        return {"committed_step": self.committed_step, "attempt": self.attempt,
+                "pending": {str(s): m for s, m in self.pending.items()}}
+
+    @classmethod
+    def restored(cls, saved: Mapping[str, Any], logged: set[tuple[str, int]]) -> TrialPoints:
+        return cls(committed_step=int(saved["committed_step"]), attempt=saved["attempt"],
+                   pending={int(s): dict(m) for s, m in saved["pending"].items()},
+                   logged=logged)
 
     def take_final(self, everything: bool = False) -> dict[int, dict[str, float]]:
         """Remove and return the final points not logged yet, by step (``everything``: the
@@ -250,13 +267,18 @@ class MlflowTrialCallback(Callback):
     """Tune callback on the driver: params, per-step metrics (each point once, when final; see
     ``TrialPoints``), sample grids, final status."""
 
-    def __init__(self, tracker: SweepTracker, params_of, run_dir_of):
+    def __init__(self, tracker: SweepTracker, params_of, run_dir_of,
+                 pending_file: Path | None = None):
         self.tracker = tracker
         self.params_of = params_of  # trial config → params to log (flat-able mapping)
         self.run_dir_of = run_dir_of  # trial id → the trial's run folder
+        self.pending_file = pending_file  # the unfinished trials' TrialPoints, across drivers
         self._logged_checkpoints: set[str] = set()
         self._worker_nodes: dict[str, str] = {}
         self._points: dict[str, TrialPoints] = {}
+        self._saved: dict[str, Any] = {}  # from an earlier driver, by trial id
+        if pending_file is not None and pending_file.is_file():
+            self._saved = json.loads(pending_file.read_text())
 
     def _run(self, trial) -> str:
         return self.tracker.child(trial.trial_id, self.params_of(trial.config),
@@ -264,8 +286,22 @@ class MlflowTrialCallback(Callback):
 
     def _trial_points(self, trial_id: str, run_id: str) -> TrialPoints:
         if trial_id not in self._points:  # a resumed driver: what the run holds is final
-            self._points[trial_id] = TrialPoints(logged=self.tracker.logged_points(run_id))
+            logged = self.tracker.logged_points(run_id)
+            saved = self._saved.pop(trial_id, None)
+            self._points[trial_id] = (TrialPoints.restored(saved, logged) if saved
+                                      else TrialPoints(logged=logged))
         return self._points[trial_id]
+
+    def _save_pending(self) -> None:
+        """Every unfinished trial's points, for a driver that resumes this sweep."""
+        if self.pending_file is None:
+            return
+        data = {**self._saved, **{t: p.saved() for t, p in self._points.items()}}
+        fd, tmp = tempfile.mkstemp(dir=self.pending_file.parent,
+                                   prefix=f".{self.pending_file.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.pending_file)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.safely(lambda: self._run(trial))
@@ -295,6 +331,7 @@ class MlflowTrialCallback(Callback):
         if checkpoint:  # Ray Train registers a checkpoint before Tune sees its result
             points.commit(step)
         self._log_points(run_id, points.take_final())
+        self._save_pending()
         if checkpoint and checkpoint not in self._logged_checkpoints:
             self._logged_checkpoints.add(checkpoint)
             # the sample grid and per-prompt table travel inside the checkpoint: one artifact
@@ -321,6 +358,8 @@ class MlflowTrialCallback(Callback):
         """The trial finished or failed: every pending point is final."""
         run_id = self._run(trial)
         self._log_points(run_id, self._trial_points(trial.trial_id, run_id).take_final(True))
+        del self._points[trial.trial_id]
+        self._save_pending()
         if status == "FAILED":
             self.tracker.client.set_tag(run_id, "error",
                                         trial_error_text(trial)[:4000] or "unknown")

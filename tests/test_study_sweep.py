@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
-from contextlib import closing
 from pathlib import Path
 
 import optuna
 import pytest
-from sweep_helpers import child_runs, run_sweep, sweep_command
+from sweep_helpers import (
+    TINY,
+    assert_points_match_run_folder,
+    child_runs,
+    run_sweep,
+    stop_process_group,
+    sweep_command,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +53,18 @@ def test_completed_trials_are_tracked_everywhere(tiny_sweep):
         images = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
         assert "samples/step_0000004.png" in images
 
+    # one point per (metric, step), as in each trial's metrics.jsonl; the first trial to reach
+    # step 4's checkpoint crashed once there and its worker group resumed from step 2
+    restarted = []
+    for trial in summary["trials"]:
+        points = assert_points_match_run_folder(client, trial["mlflow_run_id"],
+                                                Path(trial["run_dir"]))
+        if ("resumed_from_step", 4) in points:
+            restarted.append((trial["trial_id"], points[("resumed_from_step", 4)]))
+    assert (tmp / "sweeps" / "e2e" / ".injected-crash-step-4").is_file()
+    assert [r[1] for r in restarted] == [2.0], restarted
+    print(f"\nrestarted trial {restarted}: one MLflow point per (metric, step)")
+
     storage = f"sqlite:///{tmp / 'sweeps' / 'e2e' / 'optuna.db'}"
     trials = optuna.load_study(study_name="e2e", storage=storage).trials
     states = sorted(t.state.name for t in trials)
@@ -71,63 +88,112 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
     assert not any(checkpoints.glob("step_0000002*"))
 
 
-def study_exists(optuna_db: Path, study_name: str) -> bool:
-    """Whether the sweep has created its Optuna study, read without writing: opening the
-    storage with Optuna while the sweep creates its schema races it for the version row."""
-    if not optuna_db.is_file():
-        return False
-    try:
-        with closing(sqlite3.connect(f"file:{optuna_db}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT 1 FROM studies WHERE study_name = ?", (study_name,)).fetchone()
-    except sqlite3.OperationalError:  # no schema yet, or a writer holds the lock
-        return False
-    return row is not None
+def trial_logs(trials_dir: Path) -> dict[str, list[dict]]:
+    """Each trial folder's metrics.jsonl, parsed (a line being written is left out)."""
+    logs = {}
+    for path in trials_dir.glob("*/metrics.jsonl"):
+        lines = []
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        logs[path.parent.name] = lines
+    return logs
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    """On the default study (the shapes preset), with few steps."""
+    """On the default study (the shapes preset), with few steps: SIGINT while the second trial
+    trains, then --resume with one more trial (tuner.num_samples may grow on a resume)."""
     command = sweep_command(tmp_path, "--num-samples", "2", "--set", "name=resumable")
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    optuna_db = tmp_path / "sweeps" / "resumable" / "optuna.db"
-    storage = f"sqlite:///{optuna_db}"
-    deadline = time.monotonic() + 400
-    finished = []
-    while time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(2)
-        if not study_exists(optuna_db, "resumable"):
-            continue
-        trials = optuna.load_study(study_name="resumable", storage=storage).trials
-        finished = [t for t in trials if t.state.name == "COMPLETE"]
-        if finished:
-            break
-    assert finished, "no trial finished before the deadline"
+    sweep_dir = tmp_path / "sweeps" / "resumable"
+    trials_dir = sweep_dir / "trials"
+    deadline = time.monotonic() + 600
+    training = None
+    while time.monotonic() < deadline and driver.poll() is None and training is None:
+        time.sleep(0.5)
+        logs = trial_logs(trials_dir)
+        done = [t for t, log in logs.items() if any(r["step"] == 4 for r in log)]
+        training = next((t for t, log in logs.items() if done and t not in done
+                         and any(r["step"] >= 3 for r in log)), None)
+    assert training, "the second trial did not reach step 3 before the deadline"
     os.killpg(driver.pid, signal.SIGINT)
     output, _ = driver.communicate(timeout=180)
-    trials_dir = tmp_path / "sweeps" / "resumable" / "trials"
+    assert driver.returncode == 130, output[-3000:]  # 128 + SIGINT
+    assert "interrupted by SIGINT" in output
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    statuses = {t["trial_id"]: t["status"] for t in summary["trials"]}
+    assert statuses == {**{t: "TERMINATED" for t in done}, training: "INTERRUPTED"}
+    assert (summary["interrupted_by"], summary["unfinished"]) == ("SIGINT", 1)
     before = {p.parent.name: p.read_text() for p in trials_dir.glob("*/metrics.jsonl")}
-    finished_before = [trial_id for trial_id, log in before.items()
-                       if any(json.loads(line)["step"] == 4 for line in log.splitlines())]
-    assert finished_before
-    _, _, children = child_runs(tmp_path, "resumable")
-    assert all(r.info.status != "RUNNING" for r in children), output[-3000:]
-
-    run_sweep(tmp_path, "--num-samples", "2", "--set", "name=resumable", "--resume")
-    summary = json.loads((tmp_path / "sweeps" / "resumable" / "summary.json").read_text())
-    assert summary["num_trials"] == 2
-    assert [t["status"] for t in summary["trials"]] == ["TERMINATED"] * 2
-    trials = optuna.load_study(study_name="resumable", storage=storage).trials
-    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 2
     _, parents, children = child_runs(tmp_path, "resumable")
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert {r.data.tags["textcraftor.trial_id"]: r.info.status for r in children} == {
+        **{t: "FINISHED" for t in done}, training: "KILLED"}, output[-3000:]
+
+    resumed = run_sweep(tmp_path, "--num-samples", "3", "--set", "name=resumable", "--resume")
+    assert "tuner.num_samples: 2 -> 3" in resumed.stderr
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["num_trials"] == 3 and summary["interrupted_by"] is None
+    assert [t["status"] for t in summary["trials"]] == ["TERMINATED"] * 3
+    trials = optuna.load_study(study_name="resumable", storage=f"sqlite:///{sweep_dir}/optuna.db"
+                               ).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 3
+    client, parents, children = child_runs(tmp_path, "resumable")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
-    assert len({r.data.tags["textcraftor.trial_id"] for r in children}) == 2
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    ids = {t["trial_id"] for t in summary["trials"]}
+    assert set(statuses) < ids and {r.data.tags["textcraftor.trial_id"] for r in children} == ids
+    assert {t["mlflow_run_id"] for t in summary["trials"]} == {r.info.run_id for r in children}
+    [change] = [json.loads(line) for line in (sweep_dir / "study_resumes.jsonl").read_text()
+                .splitlines()]
+    assert change["changes"] == {"tuner.num_samples": {"saved": 2, "new": 3}}
     _, _, baselines = child_runs(tmp_path, "resumable", kind="baseline")
     assert [r.info.status for r in baselines] == ["FINISHED"]  # evaluated once, not again
     # the default study runs ShapesWorld: the oracle's accuracy is tracked beside the rewards
     for run in [*children, *baselines]:
         for name in ("eval/oracle_colour", "eval/oracle_shape", "eval/oracle_all"):
             assert 0.0 <= run.data.metrics[name] <= 1.0, (run.data.tags, name)
-    # the trials finished before the interruption were not run again
-    for trial_id in finished_before:
+    # the trial finished before the interruption was not run again; the interrupted one went
+    # on from its checkpoint; each (metric, step) is in MLflow once, as in metrics.jsonl
+    for trial_id in done:
         assert (trials_dir / trial_id / "metrics.jsonl").read_text() == before[trial_id]
+    for trial in summary["trials"]:
+        assert_points_match_run_folder(client, trial["mlflow_run_id"], Path(trial["run_dir"]))
+    steps = [r["step"] for r in trial_logs(trials_dir)[training] if r["kind"] == "step"]
+    assert steps == [1, 2, 3, 4]
+    print(f"\ninterrupted: exit 130, statuses {statuses}; resumed: 3 trials TERMINATED")
+
+
+def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
+    """Two drivers on one machine, each with its own local Ray: both finish, and neither's Ray
+    components go looking for a cluster and find both ("multiple active Ray instances")."""
+    drivers, logs, walls = {}, {}, {}
+    started = time.perf_counter()
+    for name in ("left", "right"):
+        folder = tmp_path / name
+        folder.mkdir()
+        logs[name] = open(folder / "driver.log", "w")
+        drivers[name] = subprocess.Popen(
+            sweep_command(folder, *TINY, "--num-samples", "1", "--set", f"name={name}"),
+            cwd=folder, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1200
+        while len(walls) < len(drivers) and time.monotonic() < deadline:
+            time.sleep(1)
+            walls.update({n: round(time.perf_counter() - started, 1)
+                          for n, d in drivers.items() if n not in walls and d.poll() is not None})
+    finally:
+        for name, driver in drivers.items():
+            stop_process_group(driver)
+            logs[name].close()
+    for name, driver in drivers.items():
+        output = (tmp_path / name / "driver.log").read_text()
+        assert driver.returncode == 0, output[-4000:]
+        assert "multiple active Ray instances" not in output, output[-4000:]
+        summary = json.loads((tmp_path / name / "sweeps" / name / "summary.json").read_text())
+        assert [t["status"] for t in summary["trials"]] == ["TERMINATED"]
+        assert summary["trials"][0]["steps"] == 4
+    print(f"\ntwo sweeps at once: walls {walls} s")

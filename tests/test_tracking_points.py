@@ -31,7 +31,8 @@ class TuneTrial:
 def make_callback(tmp_path: Path, sweep: str = "points") -> MlflowTrialCallback:
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "textcraftor-study", sweep)
     return MlflowTrialCallback(tracker, lambda config: dict(config),
-                               lambda trial_id: tmp_path / trial_id)
+                               lambda trial_id: tmp_path / trial_id,
+                               pending_file=tmp_path / f"{sweep}-pending.json")
 
 
 def tune_sink(callback: MlflowTrialCallback, trial: TuneTrial, sent: list[dict]):
@@ -170,6 +171,30 @@ def test_repeated_restarts_and_a_driver_restart_log_each_point_once(tmp_path):
     runs = resumed.tracker.client.search_runs([resumed.tracker.experiment_id])
     children = [r for r in runs if r.data.tags["textcraftor.kind"] == "trial"]
     assert [r.info.status for r in children] == ["FAILED"]
+
+
+def test_a_driver_stopped_before_it_heard_of_a_commit_loses_no_point(tmp_path):
+    """Ray Train committed step 2's checkpoint, but the driver was interrupted before that
+    result reached it; the resumed trial starts after step 2 and never sends steps 1-2 again:
+    the next driver logs them from the points the first one left pending."""
+    trial = TuneTrial("t3")
+    first = make_callback(tmp_path)
+    first.on_trial_start(0, [], trial)
+    first.on_trial_result(1, [], trial, result(2, "a1", history={1: 1.0, 2: 2.0},
+                                               **{"eval/quality": 0.2}))
+    first.on_trial_result(2, [], trial, result(3, "a1", event="step", history={3: 3.0}))
+    assert mlflow_points(first, "t3") == {}  # nothing final yet; SIGINT now
+
+    second = make_callback(tmp_path)  # --resume; the trial restarts from step 2's checkpoint
+    second.on_trial_start(0, [], trial)
+    second.on_trial_result(1, [], trial, result(4, "a2", history={3: 30.0, 4: 40.0},
+                                                resumed=2, **{"eval/quality": 0.4}))
+    second.on_trial_complete(2, [], trial)
+    points = mlflow_points(second, "t3")
+    assert_one_point_each(points)
+    assert {m.step: m.value for m in points["loss"]} == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0}
+    assert {m.step: m.value for m in points["quality"]} == {2: 0.2, 4: 0.4}
+    assert json.loads((tmp_path / "points-pending.json").read_text()) == {}  # none left
 
 
 def test_trial_points_keep_the_last_value_and_drop_what_a_restart_redoes():
