@@ -496,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             name = stop.received.name if stop.received else "SIGINT"
-            print(f"error: interrupted by {name} before the trials ran; continue with --resume",
-                  file=sys.stderr)
+            print(f"error: interrupted by {name} (at once, outside Tune's loop or at a second "
+                  "signal); continue with --resume", file=sys.stderr)
             return stop.exit_code or EXIT_CODES[signal.SIGINT]
     print(f"\nsummary: {study.sweep_dir / 'summary.json'}")
     if stop.exit_code is not None:
