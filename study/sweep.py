@@ -119,8 +119,12 @@ def check_sweep_dir(study: StudyConfig, resume: bool) -> Path:
 
 
 # Settings the driver's environment carries to every trial and worker process, wherever it runs.
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TEXTCRAFTOR_CACHE", "MLFLOW_DISABLE_TELEMETRY",
-                 "OMP_NUM_THREADS", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+# The caches and offline switches among them are the ones the driver's source check read
+# (textcraftor.sources_check): workers must look where it looked.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
+                 "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "TORCH_HOME", "XDG_CACHE_HOME",
+                 "TEXTCRAFTOR_CACHE", "MLFLOW_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
+                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 
 
 def start_ray(address: str | None) -> None:
