@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="study YAML (default: study/configs/default.yaml, "
-                        "the tiny preset on this machine)")
+                        "ShapesWorld's base model on this machine)")
     parser.add_argument("--num-samples", type=int, help="number of trials (tuner.num_samples)")
     parser.add_argument("--results-dir", help="folder for <name>/summary.json, Ray Tune and "
                         "Optuna state (default: sweeps)")

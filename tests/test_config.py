@@ -160,7 +160,7 @@ def test_k_boundaries_are_valid():
 @pytest.mark.parametrize("override, field", [
     ("sample.truncation=last_q", "sample.truncation"),
     ("sample.no_grad_encoder=frozen", "sample.no_grad_encoder"),
-    ("sample.resolution=60", "sample.resolution"),
+    ("sample.resolution=0", "sample.resolution"),
     ("train.steps=0", "train.steps"),
     ("train.lr=0", "train.lr"),
     ("data.heldout_count=0", "data.heldout_count"),

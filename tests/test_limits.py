@@ -196,6 +196,11 @@ def test_vae_factor_comes_from_the_model(tiny_source, configs_only):
         "sample.resolution: 40 is not a multiple of this VAE's down-sampling factor 16 (the "
         "decoded images would be 32 px); use 32 or 48")
     check_model_limits(load_run_config(None, ["sample.resolution=40"]))  # tiny: 8 px a cell
+    # the config itself asks only for a positive size: the multiple is the model's
+    check_model_limits(load_run_config(None, ["model.source=shapes", "sample.resolution=60"]))
+    with pytest.raises(ConfigError, match="sample.resolution: 60 is not a multiple of this "
+                                          "VAE's down-sampling factor 8"):
+        check_model_limits(load_run_config(None, ["sample.resolution=60"]))
 
 
 def test_the_unet_takes_a_latent_side_that_is_not_a_multiple_of_its_down_sampling(pipeline):

@@ -81,9 +81,14 @@ def test_check_resume_allows_more_steps_and_harmless_fields_only(small_overrides
     # as many steps as the checkpoint holds is allowed (nothing left to train); fewer is not
     at_checkpoint = load_run_config(None, ["train.steps=1"], base=saved)
     assert check_resume(saved, at_checkpoint, checkpoint_step=1) == {"train.steps": (2, 1)}
-    with pytest.raises(ConfigError, match=r"differing fields: train.steps \(saved 2, now 1\); "
-                                          r"only train.steps \(≥ 2\)"):
+    with pytest.raises(ConfigError, match=r"train.steps: 1 is below the step of .* latest "
+                                          r"checkpoint \(2\); a resume may only extend the run "
+                                          r"\(saved train.steps 2\)"):
         check_resume(saved, at_checkpoint, checkpoint_step=2)
+    # beside another refused field, fewer steps is listed with it
+    both = load_run_config(None, ["train.steps=1", "train.lr=0.5"], base=saved)
+    with pytest.raises(ConfigError, match=r"train.steps \(saved 2, now 1\)"):
+        check_resume(saved, both, checkpoint_step=2)
 
 
 def test_record_resume_appends_one_line_per_resume(tmp_path):

@@ -78,6 +78,24 @@ def test_bad_study_config_names_the_field(overrides, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    # a run config's own checks name fields relative to it: inside a study, under base.
+    ("base.sample.eta=1.5", "base.sample.eta: must be in [0, 1], got 1.5"),
+    ("base.sample.resolution=0", "base.sample.resolution: must be a positive number of pixels"),
+    ("base.train.lr=.nan", "base.train.lr: expected a finite number, got nan"),
+    ("base.reward.weights.hpsv2.1=0.5", "base.reward.weights.hpsv2.1: the shapes preset"),
+    ("base.data.eval_seeds=[0]", "base.data.eval_seeds: eval.diversity needs"),
+    # type errors carry the whole path already, and get nothing twice
+    ("base.train.lr=abc", "base.train.lr: expected a number, got 'abc'"),
+    ("base.reward.sources.aesthetic=/x.pt",
+     "base.reward.sources.aesthetic: expected a mapping with fields source, backbone, got str"),
+])
+def test_a_nested_run_config_is_named_from_the_study(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_study_config(None, [override])
+    assert str(error.value).startswith(message), str(error.value)
+
+
 def test_empty_search_space_is_an_error():
     fixed = ["search.reward_weights.aesthetic={value: 1.0}", "search.clip_constraint={value: 1.0}",
              "search.k={value: 3}"]

@@ -8,7 +8,7 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from textcraftor.configio import (
     ConfigError,
@@ -43,7 +43,7 @@ def require_finite(section: str, config: Any) -> None:
         for key, item in items:
             if isinstance(item, float) and not math.isfinite(item):
                 name = f"{section}.{f.name}" + (f".{key}" if key is not None else "")
-                raise ConfigError(f"{name}: must be a finite number, got {item}")
+                raise ConfigError(f"{name}: must be a finite number, got {item}", relative=True)
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,9 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         require_finite("sample", self)
-        require(self.resolution >= 8 and self.resolution % 8 == 0, "sample.resolution",
-                f"must be a positive multiple of 8, got {self.resolution}")
+        # the multiple it must be depends on the model's VAE: textcraftor.limits checks it
+        require(self.resolution >= 1, "sample.resolution",
+                f"must be a positive number of pixels, got {self.resolution}")
         require(self.num_steps >= 1, "sample.num_steps", f"must be >= 1, got {self.num_steps}")
         require(self.guidance_scale >= 0, "sample.guidance_scale",
                 f"must be >= 0, got {self.guidance_scale}")
@@ -240,6 +241,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
     eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation metrics
     output_dir: str = "runs/textcraftor"  # run folder: config.json, metrics.jsonl, checkpoints
+    # its checks name fields relative to it (sample.eta); nested, e.g. as a study's base, the
+    # errors get the nesting path in front (base.sample.eta)
+    config_root: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.model.source == "shapes":

@@ -20,13 +20,21 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config value is wrong; the message names the field (dotted path) and what is allowed."""
+    """A config value is wrong; the message names the field (dotted path) and what is allowed.
+
+    ``relative``: the path is relative to the config root being validated (raised by a
+    ``__post_init__`` check, e.g. ``sample.eta`` of a run config); ``from_dict`` prefixes it
+    with where that root sits (``base.sample.eta`` inside a study)."""
+
+    def __init__(self, message: str, *, relative: bool = False):
+        super().__init__(message)
+        self.relative = relative
 
 
 def require(condition: bool, field: str, message: str) -> None:
     """Raise ``ConfigError("field: message")`` unless ``condition`` holds."""
     if not condition:
-        raise ConfigError(f"{field}: {message}")
+        raise ConfigError(f"{field}: {message}", relative=True)
 
 
 def require_choice(value: Any, field: str, allowed: Sequence[Any]) -> None:
@@ -34,11 +42,25 @@ def require_choice(value: Any, field: str, allowed: Sequence[Any]) -> None:
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from plain data, checking keys and types recursively."""
+    """Build dataclass ``cls`` from plain data, checking keys and types recursively.
+
+    A class with ``config_root = True`` (a run config) names its fields relative to itself in
+    its checks; nested at ``path`` (a study's ``base``), its errors get ``path.`` in front."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
+        fields = ", ".join(f.name for f in dataclasses.fields(cls) if f.init)
+        raise ConfigError(f"{path or '<root>'}: expected a mapping with fields {fields}, got "
+                          f"{type(data).__name__} {data!r}")
+    try:
+        return _build(cls, data, path)
+    except ConfigError as error:
+        if path and error.relative and getattr(cls, "config_root", False):
+            raise ConfigError(f"{path}.{error}") from None
+        raise
+
+
+def _build(cls: type[T], data: Mapping[str, Any], path: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:

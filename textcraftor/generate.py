@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", help="run folder or checkpoint folder of a fine-tuned encoder "
                         "(omit for the base model)")
     parser.add_argument("--config", help="YAML run config (model source, sampling)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a field, e.g. sample.num_steps=25")
     parser.add_argument("--alpha", type=float, default=1.0,
                         help="a in a·E_ft + (1−a)·E_orig (0 = base, 1 = fine-tuned)")
     parser.add_argument("--finetuned-steps", type=int, default=None,

@@ -55,6 +55,11 @@ def check_resume(saved: Mapping[str, Any], requested: RunConfig,
     changes = config_changes(dict(saved), to_dict(requested))
     refused = {k: v for k, v in changes.items() if k not in ("train.steps", *HARMLESS_FIELDS)}
     steps = changes.get("train.steps")
+    if steps is not None and steps[1] < checkpoint_step and not refused:
+        raise ConfigError(
+            f"--resume: train.steps: {steps[1]} is below the step of {requested.output_dir}'s "
+            f"latest checkpoint ({checkpoint_step}); a resume may only extend the run (saved "
+            f"train.steps {steps[0]})")
     if steps is not None and steps[1] < checkpoint_step:
         refused["train.steps"] = steps
     if refused:

@@ -35,8 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="run folder (overrides output_dir)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the run folder's latest checkpoint, with its saved "
-                        "configuration (only train.steps, train.keep_checkpoints and "
-                        "train.eval_batch_size may change)")
+                        "configuration (only train.steps, at least the checkpoint's step, "
+                        "train.keep_checkpoints, train.eval_batch_size and output_dir may "
+                        "change)")
     return parser.parse_args(argv)
 
 
