@@ -116,9 +116,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         time.sleep(0.5)
         logs = trial_logs(trials_dir)
         done = [t for t, log in logs.items() if any(r["step"] == 4 for r in log)]
+        # the second trial has trained a step: it is running, with three steps, two evaluations
+        # and two checkpoint reports (seconds) still to go — waiting for step 3 instead left a
+        # window of one step, which a 0.5 s poll missed on a quiet machine
         training = next((t for t, log in logs.items() if done and t not in done
-                         and any(r["step"] >= 3 for r in log)), None)
-    assert training, "the second trial did not reach step 3 before the deadline"
+                         and any(r["kind"] == "step" for r in log)), None)
+    assert training, "the second trial did not train a step before the deadline"
     os.killpg(driver.pid, signal.SIGINT)
     output, _ = driver.communicate(timeout=180)
     assert driver.returncode == 130, output[-3000:]  # 128 + SIGINT
