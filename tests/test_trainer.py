@@ -188,6 +188,32 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(make_trainer):
     assert [m["step"] for m in read_metrics(trainer.run_dir)] == [1, 2]
 
 
+def test_fp16_overflow_is_the_loss_scalers_to_skip_and_a_nan_loss_still_stops(make_trainer):
+    """torch.amp.GradScaler on the CPU, as on CUDA: its default scale (2^16) overflows the fp16
+    gradients of the first step here; the step is skipped, the scale halved, and the run goes
+    on. Before, the non-finite gradient norm stopped the run as if it had diverged."""
+    trainer = make_trainer("model.mixed_precision=fp16", "train.steps=4", "train.lr=1e-3",
+                           "train.eval_every=0")
+    before = snapshot(trainer.pipeline.text_encoder)
+    trainer.fit()
+    steps = [m for m in read_metrics(trainer.run_dir) if m["kind"] == "step"]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]  # the run finished
+    skipped = [m["amp/skipped_step"] for m in steps]
+    scales = [m["amp/loss_scale"] for m in steps]
+    assert skipped[0] == 1.0 and 0.0 in skipped, (skipped, scales)
+    assert scales[1] == scales[0] / 2  # lowered after the overflow
+    assert all(m["loss"] == m["loss"] for m in steps)
+    after = trainer.pipeline.text_encoder.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert not same(trainer.pipeline.text_encoder, before)  # the steps that were not skipped
+
+    diverging = make_trainer("model.mixed_precision=fp16", "train.steps=3",
+                             "train.inject_nan_at=2", "train.eval_every=0",
+                             f"output_dir={trainer.run_dir}-nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 2"):
+        diverging.fit()
+
+
 @pytest.fixture
 def no_models(monkeypatch):
     """Fail the test if TextCraftor starts loading the pipeline or the reward models."""

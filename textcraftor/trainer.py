@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf; the run stopped before the optimizer step."""
+    """The loss became NaN/inf (or, without fp16 loss scaling, a gradient did); the run stopped
+    before the optimizer step. Under fp16 an overflowing gradient is the loss scaler's to skip."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,9 @@ class TextCraftor:
         # every trained tensor identical on every rank: rank 0's start, averaged gradients
         self.replicas = Replicas(self.trainable, world_size)
         self.replicas.broadcast_from_first()
-        self.scaler = torch.amp.GradScaler(enabled=self.autocast is torch.float16)
+        # fp16 only: the scaler skips a step whose gradients overflow and lowers its scale
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.autocast is torch.float16)
         self.evaluator = Evaluator(config, self.objective, self.device, self._load_clip)
 
     # --- set-up ----------------------------------------------------------------------------
@@ -292,19 +295,27 @@ class TextCraftor:
                                                    t.max_grad_norm or float("inf"))
         values = self._all_reduce_mean(torch.stack([*sums.values(), grad_norm.float()]))
         metrics = dict(zip([*sums, "grad_norm"], values))
-        if not all(map(_finite, (metrics["loss"], metrics["grad_norm"]))):
+        # A non-finite loss (before scaling) is a divergence. A non-finite gradient is one too
+        # without fp16 loss scaling; with it, it is an overflow the scaler skips (its inf check
+        # ran in unscale_, on the averaged gradients, so every rank skips together).
+        scaling = self.scaler.is_enabled()
+        if not _finite(metrics["loss"]) or (not scaling and not _finite(metrics["grad_norm"])):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"non-finite loss ({metrics['loss']}) or grad norm ({metrics['grad_norm']}) at "
                 f"step {step}; stopped before the update. Last good checkpoint: "
                 f"{self._last_checkpoint or 'none'}"
             )
+        scale = self.scaler.get_scale() if scaling else 1.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if scaling:  # the scale falls only after an overflow, and then the step was skipped
+            metrics["amp/loss_scale"] = scale
+            metrics["amp/skipped_step"] = float(self.scaler.get_scale() < scale)
         elapsed = time.perf_counter() - started
         images = t.batch_size * t.grad_accum * self.world_size
-        metrics = {("train/" + k if k not in ("loss", "grad_norm") else k): v
+        metrics = {("train/" + k if k not in ("loss", "grad_norm") and "/" not in k else k): v
                    for k, v in metrics.items()}
         return {**metrics, "k": sum(ks) / len(ks), "step_s": elapsed,
                 "images_per_s": images / elapsed}
