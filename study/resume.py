@@ -13,14 +13,13 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
+from textcraftor.atomic import append_line_atomic, write_json_atomic
 from textcraftor.configio import config_changes
 
 log = logging.getLogger(__name__)
@@ -46,14 +45,6 @@ def canonical_tracking_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri.removeprefix(prefix)).expanduser().resolve())
     return uri
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def refused_changes(saved: Mapping[str, Any], new: Mapping[str, Any]
@@ -98,8 +89,7 @@ def check_resume(sweep_dir: Path, study: Mapping[str, Any], resume: bool
         record = {"resumed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                   "changes": {name: {"saved": old, "new": new}
                               for name, (old, new) in allowed.items()}}
-        with open(sweep_dir / RESUMES, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line_atomic(sweep_dir / RESUMES, json.dumps(record))
         write_json_atomic(path, study)
         log.info("resuming with %s", ", ".join(f"{n}: {o} -> {v}"
                                                 for n, (o, v) in allowed.items()))

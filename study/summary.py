@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from textcraftor.atomic import write_json_atomic
 
 
 def pareto_flags(points: Sequence[Sequence[float] | None]) -> list[bool]:
@@ -36,11 +35,7 @@ def summarize(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]) ->
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
+    write_json_atomic(path, summary, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from study.config import DEFAULT_TRACKING_URI, OBJECTIVES
+from textcraftor.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 SWEEP_TAG, TRIAL_TAG, KIND_TAG = "textcraftor.sweep", "textcraftor.trial_id", "textcraftor.kind"
@@ -297,11 +298,7 @@ class MlflowTrialCallback(Callback):
         if self.pending_file is None:
             return
         data = {**self._saved, **{t: p.saved() for t, p in self._points.items()}}
-        fd, tmp = tempfile.mkstemp(dir=self.pending_file.parent,
-                                   prefix=f".{self.pending_file.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.pending_file)
+        write_json_atomic(self.pending_file, data, indent=None)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.safely(lambda: self._run(trial))

@@ -10,13 +10,12 @@ per resume in ``RUN/resumes.jsonl``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from textcraftor.atomic import append_line_atomic
 from textcraftor.config import RunConfig
 from textcraftor.configio import ConfigError, config_changes, from_dict, to_dict
 
@@ -85,12 +84,4 @@ def record_resume(run_dir: str | Path, at_step: int,
     line = json.dumps({"at_step": at_step,
                        "changes": {k: [old, new] for k, (old, new) in changes.items()},
                        "time": time.time()})
-    before = path.read_text() if path.is_file() else ""
-    if before and not before.endswith("\n"):
-        before += "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(before + line + "\n")
-    os.replace(tmp, path)
-    return path
+    return append_line_atomic(path, line)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from transformers import CLIPTokenizer
+
+from textcraftor.atomic import write_text_atomic
 
 CLIP_VOCAB_SIZE = 49408
 START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
@@ -38,8 +38,8 @@ def write_clip_tokenizer_files(folder: str | Path) -> Path:
     vocab += ["".join(m.split()) for m in merges]
     vocab += [START_TOKEN, END_TOKEN]
     assert len(vocab) == CLIP_VOCAB_SIZE, len(vocab)
-    _write_text_atomic(folder / "vocab.json", json.dumps({t: i for i, t in enumerate(vocab)}))
-    _write_text_atomic(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text_atomic(folder / "vocab.json", json.dumps({t: i for i, t in enumerate(vocab)}))
+    write_text_atomic(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
     return folder
 
 
@@ -48,12 +48,7 @@ def build_clip_tokenizer(folder: str | Path, max_length: int = 77) -> CLIPTokeni
     folder = write_clip_tokenizer_files(folder)
     # SD v1.5's tokenizer folder holds just these two files plus this config.
     config = {"model_max_length": max_length, "pad_token": END_TOKEN, "do_lower_case": True}
-    _write_text_atomic(folder / "tokenizer_config.json", json.dumps(config))
+    write_text_atomic(folder / "tokenizer_config.json", json.dumps(config))
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

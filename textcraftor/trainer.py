@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from textcraftor.atomic import write_json_atomic, write_text_atomic
 from textcraftor.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from textcraftor.config import RunConfig
 from textcraftor.configio import to_dict
@@ -511,24 +511,13 @@ def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
 
 
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def trim_metrics(path: Path, last_step: int) -> None:
     """Drop lines after ``last_step`` (steps a resumed run will redo), atomically."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= last_step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def save_grid(result: EvalResult, path: Path) -> Path:
