@@ -140,14 +140,13 @@ def peak_memory_mb() -> float:
 
 def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device):
     """The training objective, plus zero-weight rewards the quality score needs at evaluation."""
-    from textcraftor.objective import Objective, reward_sources
-    from textcraftor.rewards import load_reward
+    from textcraftor.objective import Objective, build_rewards
 
     weights = dict(run.reward.active())
     for name in quality_weights:
         weights.setdefault(name, 0.0)
-    sources = reward_sources(run.reward, run.model.source, run.model.cache_dir, names=weights)
-    rewards = {n: load_reward(n, sources[n], device=device) for n in weights}
+    rewards = build_rewards(run.reward, run.model.source, run.model.cache_dir, names=weights,
+                            device=device)
     return Objective(rewards, weights, run.reward.scales)
 
 

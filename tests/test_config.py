@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -100,6 +101,10 @@ def test_unknown_yaml_keys_are_named_with_the_allowed_ones(tmp_path, yaml_text, 
     ("train.lr=true", "train.lr: expected a number"),
     ("sample.checkpointing=1", "sample.checkpointing: expected bool"),
     ("model.source=3", "model.source: expected str"),
+    # YAML 1.1 reads these words as booleans: the error says so, and how to quote
+    ("model.mixed_precision=no", "model.mixed_precision: expected str, got False (YAML reads an "
+                                 "unquoted no, off, yes or on as a boolean: quote the word"),
+    ("model.train_unet=off", "model.train_unet: expected str, got False (YAML reads"),
     ("data.eval_seeds=3", "data.eval_seeds: expected a list"),
     ("data.eval_seeds=[0, x]", "data.eval_seeds[1]: expected an integer"),
     ("reward.weights=[aesthetic]", "reward.weights: expected a mapping"),
@@ -107,7 +112,7 @@ def test_unknown_yaml_keys_are_named_with_the_allowed_ones(tmp_path, yaml_text, 
     ("model=tiny", "model: expected a mapping"),
 ])
 def test_wrong_types_name_the_field(override, message):
-    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         load_run_config(None, [override])
 
 
@@ -167,6 +172,8 @@ def test_k_boundaries_are_valid():
     ("sample.test_finetuned_steps=21", "sample.test_finetuned_steps"),
     ("model.train_unet=half", "model.train_unet"),
     ("reward.scales={bogus: 1}", "reward.scales/sources"),
+    ("reward.preset=sd21-arch", "reward.preset"),
+    ("reward.dtype=fp8", "reward.dtype"),
 ])
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match="^" + field.replace(".", r"\.") + ":"):
@@ -192,3 +199,7 @@ def test_a_missing_required_field_is_named():
     with pytest.raises(ConfigError) as error:
         load_run_config(None, ["reward.sources.hpsv2.1.backbone=/w/vit.json"])
     assert str(error.value) == "reward.sources.hpsv2.1.source: required, not given"
+
+
+def test_the_quoted_word_is_the_choice():
+    assert load_run_config(None, ["model.mixed_precision='no'"]).model.mixed_precision == "no"

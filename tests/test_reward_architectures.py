@@ -60,3 +60,43 @@ def test_pickscore_layout_is_the_real_config_files():
                 assert ours[tower].get(key) == real[tower].get(key), (tower, key)
     assert ours["projection_dim"] == real["projection_dim"] == 1024
     assert ours["logit_scale_init_value"] == pytest.approx(real["logit_scale_init_value"])
+
+
+def test_reward_preset_sd15_arch_builds_the_active_rewards_in_reward_dtype(tmp_path):
+    """``reward.preset=sd15-arch`` through the loader every run uses (``build_rewards``):
+    the active rewards only, hpsv2.1 with HPSv2's architecture, stored in ``reward.dtype``."""
+    from textcraftor.config import load_run_config
+    from textcraftor.objective import build_rewards
+
+    config = load_run_config(None, ["model.source=sd15-random", "reward.preset=sd15-arch",
+                                    "reward.dtype=bf16",
+                                    "reward.weights={pickscore: 1, hpsv2.1: 0.5}"])
+    rewards = build_rewards(config.reward, "sd15-random", tmp_path, device="meta")
+    assert list(rewards) == ["pickscore", "hpsv2.1", "clip"]
+    expected = {"pickscore": EXPECTED["pickscore"], "hpsv2.1": EXPECTED["hpsv2"],
+                "clip": EXPECTED["clip"]}
+    for name, reward in rewards.items():
+        assert (sum(p.numel() for p in reward.parameters()),
+                image_tower_parameters(name, reward)) == expected[name]
+        assert {(p.device.type, p.dtype) for p in reward.parameters()} == {("meta", torch.bfloat16)}
+
+
+def test_a_reward_source_overrides_the_preset(tmp_path):
+    from textcraftor.config import load_run_config
+    from textcraftor.models import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
+    from textcraftor.objective import build_rewards
+
+    folder = shapes_folder()
+    config = load_run_config(None, [
+        "reward.preset=sd15-arch", "reward.clip_constraint=0", "reward.weights={aesthetic: 1}",
+        f"reward.sources.aesthetic.source={folder / SHAPES_AESTHETIC_HEAD}",
+        f"reward.sources.aesthetic.backbone={folder / SHAPES_CLIP}"])
+    aesthetic = build_rewards(config.reward, "sd15-random", tmp_path)["aesthetic"]
+    count = sum(p.numel() for p in aesthetic.parameters())
+    assert count < EXPECTED["aesthetic"][0] / 100  # ShapesWorld's small CLIP, not ViT-L/14
+    assert {p.device.type for p in aesthetic.parameters()} == {"cpu"}
+
+
+def test_an_unknown_reward_of_the_preset_is_named():
+    with pytest.raises(ValueError, match="reward.preset sd15-arch has no reward 'lpips'"):
+        build_sd15_arch_rewards(None, names=("lpips",))

@@ -309,6 +309,18 @@ def test_the_tiny_and_shapes_presets_need_nothing_from_outside(tmp_path):
         assert find_problems(config, downloads=downloads(tmp_path)) == []
 
 
+def test_sd15_random_with_the_sd15_arch_rewards_needs_nothing_from_outside(tmp_path):
+    """The paper's profile with random weights: every reward, the evaluation's CLIP and its
+    networks built here; a reward the user points elsewhere is still checked."""
+    every = ["model.source=sd15-random", "reward.preset=sd15-arch",
+             "reward.weights={aesthetic: 1, pickscore: 1, hpsv2: 1, hpsv2.1: 1}"]
+    config = load_run_config(None, every)
+    assert find_problems(config, downloads=downloads(tmp_path)) == []
+    config = load_run_config(None, [*every, "reward.sources.pickscore.source=/no/such/folder"])
+    assert fields(find_problems(config, downloads=downloads(tmp_path))) == [
+        "reward.sources.pickscore.source", "reward.sources.pickscore.backbone"]  # = the source
+
+
 def test_the_sweep_checks_its_quality_and_searched_rewards_too(tmp_path, monkeypatch):
     from study.config import load_study_config
     from study.sweep import check_model_weights

@@ -27,6 +27,10 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # Differentiable rewards; "clip" is the CLIP text-image constraint, weighted by λ.
 QUALITY_REWARDS = ("aesthetic", "pickscore", "hpsv2", "hpsv2.1")
 SHAPES_REWARDS = ("aesthetic", "clip")  # what the ShapesWorld preset ships
+# reward.preset: "auto" follows model.source (tiny, shapes: their own rewards; else the real
+# checkpoints); "sd15-arch": every reward's real architecture with random weights (nothing fetched)
+REWARD_PRESETS = ("auto", "sd15-arch")
+REWARD_DTYPES = ("fp32", "bf16", "fp16")  # storage dtype of the frozen reward models
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -86,6 +90,8 @@ class SampleConfig:
     #                          with the model: textcraftor.limits)
     no_grad_encoder: str = "original"  # which text encoder drives the no-grad steps
     checkpointing: bool = True  # gradient checkpointing on every UNet call with gradient
+    vae_checkpointing: bool = False  # gradient checkpointing in the VAE decoder (diffusers'
+    #                                  AutoencoderKL: less activation memory, one more decode)
     test_finetuned_steps: int = 0  # evaluation/generation: fine-tuned encoder drives the last M
     #                                steps, the original the rest (reference: 15 of 25); 0 = all
 
@@ -136,6 +142,10 @@ class RewardConfig:
     sources: Mapping[str, RewardSourceConfig] = field(  # per-reward weight sources
         default_factory=lambda: _frozen_mapping({})
     )
+    preset: str = "auto"  # auto (model.source's rewards, else real checkpoints) | sd15-arch
+    #                       (the paper's architectures, random weights); sources override it
+    dtype: str = "fp32"  # storage dtype of the frozen reward models: fp32 | bf16 | fp16
+    #                      (halves their memory; under autocast the matmuls run in it anyway)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", _frozen_mapping(self.weights))
@@ -151,6 +161,8 @@ class RewardConfig:
                 "all weights are zero (clip_constraint too): nothing to optimise")
         for name in (*self.scales, *self.sources):
             require_choice(name, "reward.scales/sources", (*QUALITY_REWARDS, "clip"))
+        require_choice(self.preset, "reward.preset", REWARD_PRESETS)
+        require_choice(self.dtype, "reward.dtype", REWARD_DTYPES)
 
     def active(self) -> dict[str, float]:
         """Weights of every reward in the objective, the constraint as ``clip``; zeros dropped."""

@@ -133,7 +133,11 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
         return value
     if annotation in (str, bool):
         if not isinstance(value, annotation):
-            raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}")
+            hint = ""
+            if annotation is str and isinstance(value, bool):  # YAML 1.1: no/off/yes/on
+                hint = (" (YAML reads an unquoted no, off, yes or on as a boolean: quote the "
+                        "word, e.g. 'no')")
+            raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}{hint}")
         return value
     raise TypeError(f"{path}: unsupported annotation {annotation!r}")
 

@@ -99,7 +99,9 @@ class Evaluator:
         self._clip_features: torch.nn.Module | None = None
 
     def _offline_defaults(self) -> bool:
-        return self.config.model.source in ("tiny", "shapes")
+        from textcraftor.sources_check import RANDOM_EVAL_PRESETS
+
+        return self.config.model.source in RANDOM_EVAL_PRESETS
 
     @property
     def oracle(self) -> bool:

@@ -277,16 +277,19 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
 
 
 def load_pipeline(
-    source: str, cache_dir: str | Path | None = None, revision: str | None = None
+    source: str, cache_dir: str | Path | None = None, revision: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> Pipeline:
-    """Load tokenizer, text encoder (trainable + frozen copy), UNet, VAE and a DDIM scheduler.
+    """Load tokenizer, text encoder (trainable + frozen copy), UNet, VAE and a DDIM scheduler,
+    on ``device``.
 
     UNet, VAE and the copy are frozen (``requires_grad=False``, eval mode). Weights are loaded
     in fp32 whatever their stored dtype (the shapes preset stores fp16); mixed precision is
-    applied with autocast by the caller.
+    applied with autocast by the caller. ``sd15-random`` is built directly on ``device`` (its
+    1.07 B parameters never initialise on a CPU first).
     """
     if source == "sd15-random":
-        return build_sd15_random(tokenizer_folder=Path(cache_dir or default_cache_dir())
+        return build_sd15_random(device, tokenizer_folder=Path(cache_dir or default_cache_dir())
                                  / "clip-tokenizer")
     where = resolve_source(source, cache_dir)
     kwargs = {"revision": revision} if revision else {}
@@ -302,7 +305,7 @@ def load_pipeline(
     except OSError as error:
         raise FileNotFoundError(
             f"could not load a diffusers pipeline from {source!r}: {error}") from error
-    return _assemble(tokenizer, text_encoder, unet, vae, scheduler, source)
+    return _assemble(tokenizer, text_encoder, unet, vae, scheduler, source).to(device)
 
 
 def _assemble(tokenizer, text_encoder, unet, vae, scheduler, source) -> Pipeline:

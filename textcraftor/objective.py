@@ -101,9 +101,35 @@ def check_reward_sources(config: RewardConfig) -> None:
             check_local_paths(RewardSource(override.source, override.backbone))
 
 
+REWARD_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_rewards(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
+                  names: Iterable[str] | None = None,
+                  device: torch.device | str = "cpu") -> dict[str, Reward]:
+    """The frozen rewards ``names`` (default: the active ones) on ``device``, stored in
+    ``reward.dtype``: user sources first, then ``reward.preset`` (``sd15-arch``: real
+    architectures with random weights, built directly on ``device``), then ``reward_sources``."""
+    names = list(config.active() if names is None else names)
+    dtype = REWARD_TORCH_DTYPES[config.dtype]
+    arch = [n for n in names if config.preset == "sd15-arch" and n not in config.sources]
+    rewards: dict[str, Reward] = {}
+    if arch:
+        from textcraftor.models import default_cache_dir
+        from textcraftor.rewards.architectures import build_sd15_arch_rewards
+        from textcraftor.tokenizer import build_clip_tokenizer
+
+        folder = Path(cache_dir or default_cache_dir()) / "clip-tokenizer"
+        rewards.update(build_sd15_arch_rewards(build_clip_tokenizer(folder), device, dtype,
+                                               names=tuple(arch)))
+    loaded = [n for n in names if n not in rewards]
+    for name, source in reward_sources(config, model_source, cache_dir, loaded).items():
+        rewards[name] = load_reward(name, source, device=device, dtype=dtype)
+    return {name: rewards[name] for name in names}
+
+
 def build_objective(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
                     device: torch.device | str = "cpu") -> Objective:
     """Load every active reward (frozen) and combine them with the configured weights."""
-    sources = reward_sources(config, model_source, cache_dir)
-    rewards = {name: load_reward(name, source, device=device) for name, source in sources.items()}
-    return Objective(rewards, config.active(), config.scales)
+    return Objective(build_rewards(config, model_source, cache_dir, device=device),
+                     config.active(), config.scales)

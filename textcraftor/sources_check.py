@@ -48,7 +48,7 @@ ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
 # eval.lpips_trunk / eval.features = auto pick random networks for these (Evaluator's rule)
-RANDOM_EVAL_PRESETS = ("tiny", "shapes")
+RANDOM_EVAL_PRESETS = ("tiny", "shapes", "sd15-random")
 
 # Files a loader reads, each as alternatives (any one present will do), first = the usual one.
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -270,8 +270,8 @@ def plan_rewards(plan: Plan, config: RunConfig, extra_rewards: Mapping[str, str]
     for name, needed_by in rewards_needed(config, extra_rewards, prefix).items():
         field_ = f"{prefix}reward.sources.{name}"
         override = config.reward.sources.get(name)
-        if override is None and preset == "tiny":
-            continue
+        if override is None and (preset == "tiny" or config.reward.preset == "sd15-arch"):
+            continue  # built here: tiny rewards, or real architectures with random weights
         if override is None and preset == "shapes":
             if name not in SHAPES_REWARDS:
                 plan.problems.append(Problem(

@@ -31,8 +31,8 @@ from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.objective import (
     Objective,
     build_objective,
+    build_rewards,
     check_reward_sources,
-    reward_sources,
 )
 from textcraftor.pairs import SHAPES_PAIRS, load_pairs
 from textcraftor.prompts import (
@@ -77,6 +77,16 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
     if mixed_precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def set_vae_checkpointing(vae: torch.nn.Module, enabled: bool) -> None:
+    """Gradient checkpointing in the VAE decoder on or off (diffusers' own, on its mid and up
+    blocks; it acts only while gradients are recorded). Set either way: a pipeline may be shared
+    between runs with different settings."""
+    if enabled:
+        vae.enable_gradient_checkpointing()
+    else:
+        vae.disable_gradient_checkpointing()
 
 
 def make_unet_trainable(pipeline: Pipeline, mode: str, lora_rank: int) -> list[torch.nn.Parameter]:
@@ -162,8 +172,9 @@ class TextCraftor:
         check_model_limits(config, pipeline)  # what the scheduler/VAE refuse, from configs
         if objective is None:
             check_reward_sources(config.reward)
-        self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision)).to(
-            self.device)
+        self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision,
+                                                   self.device)).to(self.device)
+        set_vae_checkpointing(self.pipeline.vae, config.sample.vae_checkpointing)
         self.objective = (objective or build_objective(config.reward, m.source, m.cache_dir,
                                                        self.device)).to(self.device)
         self.tokens = PromptTokenizer(self.pipeline.tokenizer, self.device)
@@ -392,11 +403,9 @@ class TextCraftor:
 
     def _load_clip(self):
         """The CLIP-constraint model for evaluation when the objective does not hold one."""
-        from textcraftor.rewards import load_reward
-
         m = self.config.model
-        source = reward_sources(self.config.reward, m.source, m.cache_dir, names=["clip"])
-        return load_reward("clip", source["clip"], device=self.device)
+        return build_rewards(self.config.reward, m.source, m.cache_dir, names=["clip"],
+                             device=self.device)["clip"]
 
     # --- checkpoints -----------------------------------------------------------------------
 

@@ -60,28 +60,45 @@ def clip_l14_vision_config() -> CLIPVisionConfig:
                             hidden_act="quick_gelu", projection_dim=768)
 
 
+ARCH_REWARDS = ("aesthetic", "pickscore", "hpsv2", "hpsv2.1", "clip")  # hpsv2.1: HPSv2's
+
+
 def build_sd15_arch_rewards(tokenizer: CLIPTokenizer, device: torch.device | str = "meta",
-                            dtype: torch.dtype = torch.float32) -> dict[str, Reward]:
-    """Every reward of the paper, real architecture, random weights, built on ``device`` in
-    ``dtype``: {"aesthetic", "pickscore", "hpsv2", "clip"}. ``tokenizer``: the CLIP BPE
-    tokenizer for PickScore (``textcraftor.tokenizer.build_clip_tokenizer``: offline, the same
-    ids as the laion CLIP-ViT-H-14 tokenizer PickScore uses); the open_clip models use
-    open_clip's own shipped tokenizer."""
+                            dtype: torch.dtype = torch.float32,
+                            names: tuple[str, ...] = ("aesthetic", "pickscore", "hpsv2", "clip"),
+                            seed: int = 0) -> dict[str, Reward]:
+    """The rewards ``names`` (of ``ARCH_REWARDS``; ``hpsv2.1`` has HPSv2's architecture) with
+    their real architectures and random weights, built on ``device`` in ``dtype``.
+
+    ``tokenizer``: the CLIP BPE tokenizer for PickScore (``textcraftor.tokenizer.
+    build_clip_tokenizer``: offline, the same ids as the laion CLIP-ViT-H-14 tokenizer PickScore
+    uses); the open_clip models use open_clip's own shipped tokenizer. The weights depend on
+    ``seed`` only (every rank of a run builds the same rewards). Raises ValueError naming an
+    unknown reward."""
     import open_clip
 
-    with torch.device(device):
-        rewards: dict[str, Reward] = {
-            "aesthetic": AestheticReward(
-                CLIPVisionModelWithProjection(clip_l14_vision_config()), AestheticHead()),
-            "pickscore": PickScoreReward(CLIPModel(pickscore_config()), tokenizer),
-            "hpsv2": HPSReward(
-                open_clip.create_model(HPS_BACKBONE, pretrained=None, device=device),
-                open_clip.get_tokenizer(HPS_BACKBONE)),
-            "clip": ClipSimilarityReward(
-                open_clip.create_model(CLIP_BACKBONE, pretrained=None, device=device),
-                open_clip.get_tokenizer(CLIP_BACKBONE)),
-        }
-    return {name: reward.to(dtype=dtype) for name, reward in rewards.items()}
+    unknown = [n for n in names if n not in ARCH_REWARDS]
+    if unknown:
+        raise ValueError(f"reward.preset sd15-arch has no reward {unknown[0]!r}; it builds "
+                         f"{', '.join(ARCH_REWARDS)}")
+    builders = {
+        "aesthetic": lambda: AestheticReward(
+            CLIPVisionModelWithProjection(clip_l14_vision_config()), AestheticHead()),
+        "pickscore": lambda: PickScoreReward(CLIPModel(pickscore_config()), tokenizer),
+        "hpsv2": lambda: HPSReward(
+            open_clip.create_model(HPS_BACKBONE, pretrained=None, device=device),
+            open_clip.get_tokenizer(HPS_BACKBONE)),
+        "clip": lambda: ClipSimilarityReward(
+            open_clip.create_model(CLIP_BACKBONE, pretrained=None, device=device),
+            open_clip.get_tokenizer(CLIP_BACKBONE)),
+    }
+    builders["hpsv2.1"] = builders["hpsv2"]
+    rewards: dict[str, Reward] = {}
+    for name in names:
+        torch.manual_seed(seed)  # each reward's weights independent of which others are built
+        with torch.device(device):
+            rewards[name] = builders[name]().to(dtype=dtype)
+    return rewards
 
 
 def image_tower_parameters(name: str, reward: Reward) -> int:
@@ -91,6 +108,7 @@ def image_tower_parameters(name: str, reward: Reward) -> int:
         "aesthetic": lambda r: [r.tower, r.head],
         "pickscore": lambda r: [r.model.vision_model, r.model.visual_projection],
         "hpsv2": lambda r: [r.model.visual],
+        "hpsv2.1": lambda r: [r.model.visual],
         "clip": lambda r: [r.model.visual],
     }[name](reward)
     return sum(p.numel() for m in modules for p in m.parameters())
