@@ -8,8 +8,10 @@ import math
 
 import pytest
 
-ROW_KEYS = {"K", "checkpointing", "sample_s", "unet_call_s", "decode_s", "reward_s",
-            "train_step_s", "ideal_step_s", "overhead_ratio", "saved_activation_bytes"}
+ROW_KEYS = {"K", "checkpointing", "vae_checkpointing", "batch", "sample_s", "unet_call_s",
+            "decode_s", "reward_s", "train_step_s", "ideal_step_s", "overhead_ratio",
+            "saved_activation_bytes", "peak_memory_bytes"}
+SWITCHES = {"K", "checkpointing", "vae_checkpointing", "peak_memory_bytes"}
 T = 4
 
 
@@ -17,8 +19,8 @@ T = 4
 def bench(run_module, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("bench")
     done = run_module("textcraftor.bench", "--json", "--repeats", "1", "--warmup", "1",
-                      "--ks", "1,T", "--set", f"sample.num_steps={T}",
-                      "--set", "sample.resolution=64", cwd=cwd)
+                      "--k", "1,T", "--num-steps", str(T), "--px", "64",
+                      "--vae-checkpointing", "both", "--device", "cpu", cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout, cwd
 
@@ -32,34 +34,80 @@ def test_prints_exactly_one_json_object(bench):
     assert (result["preset"], result["T"], result["batch"], result["px"]) == ("tiny", T, 2, 64)
 
 
-def test_rows_cover_each_k_with_and_without_checkpointing(bench):
+def test_rows_cover_each_k_with_and_without_each_checkpointing(bench):
     rows = json.loads(bench[0])["rows"]
-    assert sorted((r["K"], r["checkpointing"]) for r in rows) == [
-        (1, False), (1, True), (T, False), (T, True)]
+    assert sorted((r["K"], r["checkpointing"], r["vae_checkpointing"]) for r in rows) == [
+        (k, unet, vae) for k in (1, T) for unet in (False, True) for vae in (False, True)]
     for row in rows:
         assert set(row) == ROW_KEYS
-        for key in ROW_KEYS - {"K", "checkpointing"}:
+        assert row["batch"] == 2
+        assert row["peak_memory_bytes"] is None  # CUDA only
+        for key in ROW_KEYS - SWITCHES:
             assert row[key] > 0, key
 
 
 def test_ideal_step_follows_the_docstring_formula(bench):
-    """ideal = sample + (c + r)·K·unet_call + c·(decode + reward); c = 1 with a frozen UNet,
-    r = 1 with checkpointing; overhead_ratio = train_step / ideal."""
+    """ideal = sample + (c + r)·K·unet_call + (c + v)·decode + c·reward; c = 1 with a frozen
+    UNet, r = 1 with UNet checkpointing, v = 1 with VAE checkpointing; overhead_ratio =
+    train_step / ideal."""
     for row in json.loads(bench[0])["rows"]:
-        c, r = 1, int(row["checkpointing"])
+        c, r, v = 1, int(row["checkpointing"]), int(row["vae_checkpointing"])
         ideal = (row["sample_s"] + (c + r) * row["K"] * row["unet_call_s"]
-                 + c * (row["decode_s"] + row["reward_s"]))
+                 + (c + v) * row["decode_s"] + c * row["reward_s"])
         assert math.isclose(row["ideal_step_s"], ideal, rel_tol=1e-9)
         assert math.isclose(row["overhead_ratio"], row["train_step_s"] / ideal, rel_tol=1e-9)
 
 
 def test_checkpointed_activations_are_flat_in_k(bench):
     rows = {(r["K"], r["checkpointing"]): r["saved_activation_bytes"]
-            for r in json.loads(bench[0])["rows"]}
+            for r in json.loads(bench[0])["rows"] if not r["vae_checkpointing"]}
     assert rows[T, True] <= 1.2 * rows[1, True]
     # without checkpointing every extra grad step keeps its activations
     assert rows[T, False] > 1.2 * rows[1, False]
     assert rows[T, False] > rows[T, True]
+
+
+def test_vae_checkpointing_keeps_fewer_activations(bench):
+    """diffusers' AutoencoderKL checkpointing keeps the decoder's block inputs only: less saved
+    for backward at every K and UNet setting."""
+    rows = {(r["K"], r["checkpointing"], r["vae_checkpointing"]): r["saved_activation_bytes"]
+            for r in json.loads(bench[0])["rows"]}
+    for k in (1, T):
+        for unet in (False, True):
+            print(k, unet, rows[k, unet, False], rows[k, unet, True])
+            assert rows[k, unet, True] < rows[k, unet, False]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cpu", "--dtype", "fp16"], "--dtype fp16 on cpu: fp16 is benchmarked on CUDA"),
+    (["--device", "cpu", "--k", "1,30", "--num-steps", "25"],
+     "--k 30: K must be in [1, T] and T = sample.num_steps = 25"),
+    (["--device", "cpu", "--k", "one"], "--k 'one': an integer or T"),
+    (["--device", "cpu", "--rewards", "aesthetic,pickscor"], "--rewards 'pickscor': not one of"),
+    (["--device", "cpu", "--px", "-5"], "sample.resolution: must be a positive number"),
+    (["--device", "tpu"], "--device 'tpu': not a torch device"),
+])
+def test_bad_options_are_named_before_any_model_is_built(args, message, monkeypatch, capsys):
+    from textcraftor import bench
+
+    def expensive(*_, **__):
+        raise AssertionError("a model was built before the options were checked")
+
+    monkeypatch.setattr(bench, "build_models", expensive)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(args)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_cuda_is_named_before_any_model_is_built(monkeypatch, capsys):
+    from textcraftor import bench
+
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "build_models", lambda *_: pytest.fail("built a model"))
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda"])
+    assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
 
 
 def test_leaves_no_files_behind(bench):

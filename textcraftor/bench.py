@@ -1,10 +1,15 @@
 """``python -m textcraftor.bench --json``: cost of a training step against its physical limit.
 
-For each K and checkpointing setting, the ideal step is what the computation cannot avoid:
-    ideal = sample + (c + r)·K·unet_call + c·(decode + reward)
+For each K, UNet checkpointing and VAE-decoder checkpointing setting, the ideal step is what the
+computation cannot avoid:
+    ideal = sample + (c + r)·K·unet_call + (c + v)·decode + c·reward
 sample is the whole no-grad forward (encode, T guided UNet calls, decode, rewards); c = 1 while
-the UNet is frozen (only input gradients flow back), 2 when it trains; r = 1 with checkpointing
-(one recomputed forward per grad step). overhead_ratio = train_step / ideal.
+the UNet is frozen (only input gradients flow back), 2 when it trains; r = 1 with UNet
+checkpointing (one recomputed forward per grad step), v = 1 with VAE checkpointing (the decode
+runs again in backward). overhead_ratio = train_step / ideal. On CUDA every time is measured
+with CUDA events after warm-up, and each row reports ``peak_memory_bytes``: the most memory
+allocated during one training step (``torch.cuda.max_memory_allocated``, reset per row; the
+weights, optimizer state and activations together).
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
 
-from textcraftor.config import RunConfig, load_run_config
-from textcraftor.models import load_pipeline
-from textcraftor.objective import build_objective
+from textcraftor.config import QUALITY_REWARDS, RunConfig, load_run_config
+from textcraftor.configio import ConfigError
+from textcraftor.models import Pipeline, load_pipeline
+from textcraftor.objective import Objective, build_objective
 from textcraftor.sampler import (
     SampleNoise,
     Truncation,
@@ -41,9 +47,92 @@ BENCH_DEFAULTS = ["model.source=tiny", "sample.resolution=128", "sample.num_step
                   "train.sample_grid=false"]
 
 
+# --dtype → (model.mixed_precision, reward.dtype): the frozen reward towers are stored in the
+# autocast dtype (their matmuls run in it anyway); --set reward.dtype=fp32 keeps them in fp32
+DTYPES = {"fp32": ("'no'", "fp32"), "bf16": ("bf16", "bf16"), "fp16": ("fp16", "fp16")}
+SWITCH = {"on": (True,), "off": (False,), "both": (True, False)}
+
+
+class BenchInputError(ValueError):
+    """A bench option the machine or the config cannot honour; raised before any model loads."""
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``--device`` names. Raises BenchInputError for CUDA on a machine without it
+    (or an index it does not have), before anything is built."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise BenchInputError(f"--device {name!r}: not a torch device ({error})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchInputError(f"--device {name}: CUDA is not available on this machine "
+                                  f"(torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BenchInputError(f"--device {name}: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise BenchInputError(f"--device {name}: cpu or cuda[:N] only")
+    return device
+
+
+def check_dtype(dtype: str, device: torch.device) -> None:
+    """fp16 autocast needs CUDA: on a CPU it is slow and unrepresentative of any GPU."""
+    if dtype == "fp16" and device.type != "cuda":
+        raise BenchInputError(f"--dtype fp16 on {device}: fp16 is benchmarked on CUDA only; "
+                              f"use --dtype bf16 or fp32 here")
+
+
+def parse_ks(text: str, t: int) -> list[int]:
+    """``--k`` values, ``T`` = the number of DDIM steps. Raises BenchInputError naming a value
+    that is not an integer in [1, T]."""
+    ks = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            k = t if item == "T" else int(item)
+        except ValueError:
+            raise BenchInputError(f"--k {item!r}: an integer or T, comma-separated") from None
+        if not 1 <= k <= t:
+            raise BenchInputError(f"--k {k}: K must be in [1, T] and T = sample.num_steps = {t}")
+        ks.append(k)
+    return sorted(set(ks))
+
+
+def reward_overrides(names: str) -> list[str]:
+    """``--rewards aesthetic,pickscore,hpsv2,clip`` → config overrides: weight 1 for each named
+    quality reward, λ = 1 if ``clip`` is named else 0."""
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    allowed = (*QUALITY_REWARDS, "clip")
+    for name in chosen:
+        if name not in allowed:
+            raise BenchInputError(f"--rewards {name!r}: not one of {', '.join(allowed)}")
+    if not chosen:
+        raise BenchInputError(f"--rewards {names!r}: name at least one of {', '.join(allowed)}")
+    weights = {n: 1.0 for n in chosen if n != "clip"}
+    return [f"reward.weights={json.dumps(weights)}",
+            f"reward.clip_constraint={1.0 if 'clip' in chosen else 0.0}"]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call takes: CUDA events around it on CUDA (the kernels' time, not the
+    launch's), the wall clock elsewhere."""
+    if device.type == "cuda":
+        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        _sync(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    start_s = time.perf_counter()
+    fn()
+    return time.perf_counter() - start_s
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device,
@@ -53,15 +142,22 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.devi
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
+            seconds = time_once(fn, device)
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def peak_step_memory(trainer: TextCraftor, step: int) -> int | None:
+    """Bytes allocated at the peak of one training step on CUDA (weights, optimizer state,
+    activations), counted from a reset; None on the CPU."""
+    if trainer.device.type != "cuda":
+        return None
+    _sync(trainer.device)
+    torch.cuda.reset_peak_memory_stats(trainer.device)
+    trainer.train_step(step)
+    _sync(trainer.device)
+    return torch.cuda.max_memory_allocated(trainer.device)
 def saved_activation_bytes(trainer: TextCraftor, prompts, seeds, truncation) -> int:
     """Bytes of distinct tensors autograd saves for backward in one training forward
     (parameters and buffers excluded: they exist anyway)."""
@@ -85,6 +181,7 @@ def saved_activation_bytes(trainer: TextCraftor, prompts, seeds, truncation) -> 
 
 
 def bench_row(trainer: TextCraftor, k: int, repeats: int, warmup: int) -> dict:
+    """Timings, activation bytes and (CUDA) peak memory of one configuration."""
     cfg = trainer.config
     s, device = cfg.sample, trainer.device
     prompts = [p.text for p in trainer.prompt_sampler.batch(0)]
@@ -125,64 +222,139 @@ def bench_row(trainer: TextCraftor, k: int, repeats: int, warmup: int) -> dict:
     sample_s, unet_call_s, decode_s, reward_s, train_step_s = seconds.values()
     c = 2 if cfg.model.train_unet != "none" else 1
     r = 1 if s.checkpointing else 0
-    ideal = sample_s + (c + r) * k * unet_call_s + c * (decode_s + reward_s)
+    v = 1 if s.vae_checkpointing else 0
+    ideal = sample_s + (c + r) * k * unet_call_s + (c + v) * decode_s + c * reward_s
     saved = saved_activation_bytes(trainer, prompts, seeds, Truncation(s.num_steps - k))
     return {
-        "K": k, "checkpointing": s.checkpointing, "sample_s": sample_s,
-        "unet_call_s": unet_call_s, "decode_s": decode_s, "reward_s": reward_s,
-        "train_step_s": train_step_s, "ideal_step_s": ideal,
-        "overhead_ratio": train_step_s / ideal, "saved_activation_bytes": saved,
+        "K": k, "checkpointing": s.checkpointing, "vae_checkpointing": s.vae_checkpointing,
+        "batch": len(prompts), "sample_s": sample_s, "unet_call_s": unet_call_s,
+        "decode_s": decode_s, "reward_s": reward_s, "train_step_s": train_step_s,
+        "ideal_step_s": ideal, "overhead_ratio": train_step_s / ideal,
+        "saved_activation_bytes": saved, "peak_memory_bytes": peak_step_memory(trainer, next(step)),
     }
 
 
-def run_bench(config: RunConfig, ks: list[int], repeats: int, warmup: int) -> dict:
+def build_models(config: RunConfig, device: torch.device) -> tuple[Pipeline, Objective, dict]:
+    """The pipeline and the objective on ``device``, with the seconds each took to build."""
     m = config.model
-    pipeline = load_pipeline(m.source, m.cache_dir, m.revision)
-    objective = build_objective(config.reward, m.source, m.cache_dir)
+    started = time.perf_counter()
+    pipeline = load_pipeline(m.source, m.cache_dir, m.revision, device)
+    _sync(device)
+    built = time.perf_counter()
+    objective = build_objective(config.reward, m.source, m.cache_dir, device)
+    _sync(device)
+    return pipeline, objective, {"pipeline_build_s": built - started,
+                                 "rewards_build_s": time.perf_counter() - built}
+
+
+def run_bench(config: RunConfig, ks: Sequence[int], repeats: int, warmup: int,
+              device: torch.device | str = "cpu", checkpointing: Sequence[bool] = (True, False),
+              vae_checkpointing: Sequence[bool] = (False,),
+              models: tuple[Pipeline, Objective, dict] | None = None) -> dict:
+    """One row per K × checkpointing × VAE checkpointing (``models``: a built pipeline and
+    objective to reuse, from ``build_models``)."""
+    device = torch.device(device)
+    pipeline, objective, build_s = models or build_models(config, device)
     rows = []
     t = config.sample.num_steps
     for k in sorted({min(k, t) for k in ks}):
-        for checkpointing in (True, False):
-            sample = replace(config.sample, truncation="last_k", k=k, checkpointing=checkpointing)
-            trainer = TextCraftor(replace(config, sample=sample), pipeline=pipeline,
-                                  objective=objective, show_progress=False)
-            rows.append(bench_row(trainer, k, repeats, warmup))
-            log.info("K=%d ckpt=%s ratio %.3f", k, checkpointing, rows[-1]["overhead_ratio"])
+        for unet_ckpt in checkpointing:
+            for vae_ckpt in vae_checkpointing:
+                sample = replace(config.sample, truncation="last_k", k=k,
+                                 checkpointing=unet_ckpt, vae_checkpointing=vae_ckpt)
+                trainer = TextCraftor(replace(config, sample=sample), pipeline=pipeline,
+                                      objective=objective, device=device, show_progress=False)
+                rows.append(bench_row(trainer, k, repeats, warmup))
+                del trainer
+                log.info("batch %d K=%d ckpt=%s vae_ckpt=%s: step %.3fs ratio %.3f",
+                         config.train.batch_size, k, unet_ckpt, vae_ckpt,
+                         rows[-1]["train_step_s"], rows[-1]["overhead_ratio"])
+    m = config.model
     return {
-        "preset": m.source, "T": t, "batch": config.train.batch_size,
-        "px": config.sample.resolution, "device": str(trainer.device),
+        "preset": m.source, "reward_preset": config.reward.preset,
+        "rewards": sorted(config.reward.active()), "reward_dtype": config.reward.dtype,
+        "mixed_precision": m.mixed_precision, "T": t, "batch": config.train.batch_size,
+        "px": config.sample.resolution, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "rewards": sorted(config.reward.active()), "train_unet": m.train_unet,
-        "repeats": repeats, "rows": rows,
+        "train_unet": m.train_unet, "repeats": repeats, "warmup": warmup, **build_s,
+        "rows": rows,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_config(args: argparse.Namespace) -> RunConfig:
+    """The run config the options describe (BENCH_DEFAULTS, then the options, then --set)."""
+    overrides = list(BENCH_DEFAULTS)
+    if args.preset:
+        overrides.append(f"model.source={args.preset}")
+    if args.px:
+        overrides.append(f"sample.resolution={args.px}")
+    if args.batch:
+        overrides.append(f"train.batch_size={args.batch}")
+    if args.num_steps:
+        overrides.append(f"sample.num_steps={args.num_steps}")
+    if args.rewards:
+        overrides += reward_overrides(args.rewards)
+    if args.reward_preset:
+        overrides.append(f"reward.preset={args.reward_preset}")
+    mixed_precision, reward_dtype = DTYPES[args.dtype]
+    overrides += [f"model.mixed_precision={mixed_precision}", f"reward.dtype={reward_dtype}"]
+    config = load_run_config(args.config, overrides + args.overrides)
+    return config.with_output_dir(config.output_dir + "-bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m textcraftor.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--preset", default=None, help="model source (default tiny)")
+    parser.add_argument("--reward-preset", default=None,
+                        help="reward.preset (sd15-arch: the paper's towers, random weights)")
+    parser.add_argument("--rewards", default=None,
+                        help="comma-separated rewards, each weight 1 (clip = the constraint)")
     parser.add_argument("--config", help="YAML run config to start from")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--ks", default="1,2,5,T", help="K values; T = num_steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="autocast dtype, and the reward towers' storage dtype")
+    parser.add_argument("--px", type=int, help="image side in pixels (sample.resolution)")
+    parser.add_argument("--batch", type=int, help="prompts per step (train.batch_size)")
+    parser.add_argument("--num-steps", type=int, help="T, DDIM steps (sample.num_steps)")
+    parser.add_argument("--k", default="1,2,5,T", help="K values, comma-separated; T = num_steps")
+    parser.add_argument("--checkpointing", choices=sorted(SWITCH), default="both",
+                        help="UNet gradient checkpointing rows")
+    parser.add_argument("--vae-checkpointing", choices=sorted(SWITCH), default="off",
+                        help="VAE-decoder gradient checkpointing rows")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     parser.add_argument("--warmup", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    overrides = BENCH_DEFAULTS + ([f"model.source={args.preset}"] if args.preset else [])
-    config = load_run_config(args.config, overrides + args.overrides)
-    config = config.with_output_dir(config.output_dir + "-bench")
-    t = config.sample.num_steps
-    ks = [t if k.strip() == "T" else int(k) for k in args.ks.split(",")]
-    result = run_bench(config, ks, args.repeats, args.warmup)
+    try:  # every check before a model is built
+        device = check_device(args.device)
+        check_dtype(args.dtype, device)
+        config = bench_config(args)
+        ks = parse_ks(args.k, config.sample.num_steps)
+    except (BenchInputError, ConfigError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    result = run_bench(config, ks, args.repeats, args.warmup, device, SWITCH[args.checkpointing],
+                       SWITCH[args.vae_checkpointing])
     if args.json:
         print(json.dumps(result))
     else:
         for row in result["rows"]:
+            peak = row["peak_memory_bytes"]
             print(f"K={row['K']:>3} ckpt={row['checkpointing']!s:5} "
+                  f"vae_ckpt={row['vae_checkpointing']!s:5} "
                   f"step {row['train_step_s']:.3f}s ideal {row['ideal_step_s']:.3f}s "
                   f"ratio {row['overhead_ratio']:.3f} "
-                  f"saved {row['saved_activation_bytes'] / 2**20:.1f} MiB")
+                  f"saved {row['saved_activation_bytes'] / 2**20:.1f} MiB"
+                  + (f" peak {peak / 2**30:.2f} GiB" if peak is not None else ""))
     return 0
 
 
