@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install sweep report test bench lint
+.PHONY: install sweep report test bench lint gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 
 bench: install
 	$(PY) -m textcraftor.bench --json
+
+# The wheels the GPU machine lacks (diffusers, open_clip, torchvision, ...), for Python 3.12 there:
+# carried in .gpu-wheels/ to `python3 -m textcraftor.gpu_check` (README: On GPUs).
+gpu-wheels: install
+	$(PY) -m textcraftor.gpu_check --prepare-wheels .gpu-wheels
 
 lint: install
 	$(PY) -m ruff check textcraftor study analysis tests
