@@ -31,7 +31,7 @@ def trial_checkpoint(run: Mapping) -> Path:
 
 def quality_weights_of(study: StudyRuns, sweep: str) -> dict[str, float]:
     """The study's fixed quality weights, from the parent run's study_config.json."""
-    from study.tracking import KIND_TAG, SWEEP_TAG
+    from study.tags import KIND_TAG, SWEEP_TAG
 
     client = study.client()
     experiment = client.get_experiment_by_name(study.experiment)

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.runs import k_column
+
 OBJECTIVE_KEYS = ("quality", "diversity")
 STATUS_MARKERS = {"FINISHED": "o", "FAILED": "x", "RUNNING": "^", "KILLED": "v"}
 
@@ -149,19 +151,20 @@ def sample_grids(grids: Sequence[tuple[str, Path]]) -> Figure:
 def cost_vs_k(runs: pd.DataFrame, steps: pd.DataFrame) -> Figure:
     """Median step time and peak memory of each trial against its truncation depth K."""
     trials = runs[runs["kind"] == "trial"]
-    trials = trials[trials["k"].notna()] if "k" in trials else trials.iloc[0:0]
+    k = k_column(trials)
+    trials = trials[trials[k].notna()] if k else trials.iloc[0:0]
     step_time = (steps[steps["key"] == "step_s"].groupby("run_id")["value"].median()
                  .rename("median_step_s"))
     data = trials.join(step_time, on="run_id")
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     for status, group in data.groupby("status"):
         marker = STATUS_MARKERS.get(status, "s")
-        left.scatter(group["k"], group["median_step_s"], marker=marker, label=status)
+        left.scatter(group[k], group["median_step_s"], marker=marker, label=status)
         if "peak_memory_mb" in group:
-            right.scatter(group["k"], group["peak_memory_mb"], marker=marker, label=status)
-    left.set(xlabel="K (steps with gradient)", ylabel="median step time (s)",
+            right.scatter(group[k], group["peak_memory_mb"], marker=marker, label=status)
+    left.set(xlabel=f"K ({k or 'sample.k'}: steps with gradient)", ylabel="median step time (s)",
              title="step time against K")
-    right.set(xlabel="K (steps with gradient)", ylabel="peak memory (MiB)",
+    right.set(xlabel=f"K ({k or 'sample.k'}: steps with gradient)", ylabel="peak memory (MiB)",
               title="peak memory against K")
     for axes in (left, right):
         axes.grid(alpha=0.3)

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from analysis.runs import StudyRuns
+from analysis.runs import CONSTRAINT, WEIGHT_PREFIX, StudyRuns, k_column
 
 
 def _fmt(value) -> str:
@@ -60,16 +60,17 @@ def weights_vs_constraint(study: StudyRuns) -> str:
     diversity."""
     finished = study.finished
     lines = [status_line(study)]
-    for param in [c for c in study.hyperparameters() if c.startswith("w_")] + ["clip_constraint"]:
+    for param in [c for c in study.hyperparameters() if c.startswith(WEIGHT_PREFIX)] + [
+            CONSTRAINT]:
         if param in finished:
             lines.append(f"- Against `{param}`: diversity: "
                          f"{_direction(_spearman(finished, param, 'diversity'))}; quality: "
                          f"{_direction(_spearman(finished, param, 'quality'))}.")
     front = finished[finished["pareto"]]
-    if not front.empty and "clip_constraint" in front:
+    if not front.empty and CONSTRAINT in front:
         lines.append(f"- {len(front)} trial(s) on the Pareto front, with λ from "
-                     f"{_fmt(float(front['clip_constraint'].min()))} to "
-                     f"{_fmt(float(front['clip_constraint'].max()))}.")
+                     f"{_fmt(float(front[CONSTRAINT].min()))} to "
+                     f"{_fmt(float(front[CONSTRAINT].max()))}.")
     if not finished.empty and "quality" in finished:
         best = finished.sort_values("quality").iloc[-1]
         lines.append(f"- The highest-quality trial ({best['trial_id']}): "
@@ -87,13 +88,15 @@ def truncation_depth(study: StudyRuns) -> str:
     """How the truncation depth K trades quality against cost."""
     finished = study.finished
     lines = [status_line(study)]
-    if "k" not in finished or finished.empty:
-        return "\n".join([*lines, "- No finished trial records K."])
-    lines.append(f"- Against K: quality: {_direction(_spearman(finished, 'k', 'quality'))}.")
+    k = k_column(finished)
+    if k is None or finished.empty:
+        return "\n".join([*lines, "- No finished trial searched K (sample.k or sample.k_max)."])
+    lines.append(f"- Against K (`{k}`): quality: "
+                 f"{_direction(_spearman(finished, k, 'quality'))}.")
     step_time = (study.steps[study.steps["key"] == "step_s"].groupby("run_id")["value"]
                  .median())
     timed = finished.join(step_time.rename("median_step_s"), on="run_id")
-    per_k = timed.groupby("k")["median_step_s"].median().dropna()
+    per_k = timed.groupby(k)["median_step_s"].median().dropna()
     if len(per_k) >= 2:
         low, high = per_k.index.min(), per_k.index.max()
         lines.append(f"- Median step time {_fmt(float(per_k[low]))} s at K = {_fmt(low)} and "
@@ -102,9 +105,9 @@ def truncation_depth(study: StudyRuns) -> str:
     elif len(per_k) == 1:
         lines.append(f"- Only K = {_fmt(per_k.index[0])} was timed: no cost trend.")
     if "peak_memory_mb" in timed and timed["peak_memory_mb"].notna().any():
-        memory = timed.groupby("k")["peak_memory_mb"].max().dropna()
+        memory = timed.groupby(k)["peak_memory_mb"].max().dropna()
         lines.append("- Peak memory per K (MiB): " + ", ".join(
-            f"K={_fmt(k)}: {_fmt(float(v))}" for k, v in memory.items()) + ".")
+            f"K={_fmt(value)}: {_fmt(float(v))}" for value, v in memory.items()) + ".")
     return "\n".join(lines)
 
 

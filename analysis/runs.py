@@ -15,11 +15,18 @@ from mlflow.tracking import MlflowClient
 
 from study.config import OBJECTIVES
 from study.summary import pareto_flags
-from study.tracking import KIND_TAG, SWEEP_TAG, TRIAL_TAG
+from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
 
 RUN_KINDS = ("baseline", "trial")
-# the searched hyperparameters' flat names (study.config.SearchSpace.params) besides w_<reward>
-HYPERPARAMETERS = ("clip_constraint", "k", "lr")
+# Hyperparameters are named by their run-config paths (the study's search keys), as logged
+WEIGHT_PREFIX = "reward.weights."  # reward.weights.<reward>: wᵢ
+CONSTRAINT = "reward.clip_constraint"  # λ
+K_PATHS = ("sample.k", "sample.k_max")  # the searched K: last_k's, or the random draw's top
+
+
+def k_column(frame: pd.DataFrame) -> str | None:
+    """The searched K's column of a runs table (``sample.k``, else ``sample.k_max``), if any."""
+    return next((c for c in K_PATHS if c in frame and frame[c].notna().any()), None)
 
 
 class AnalysisError(ValueError):
@@ -32,6 +39,7 @@ class StudyRuns:
     experiment: str
     runs: pd.DataFrame  # one row per run: sweep, trial_id, kind, status, run_id, params, metrics
     steps: pd.DataFrame  # long: run_id, trial_id, kind, key, step, value
+    params: tuple[str, ...] = ()  # the trials' hyperparameters: searched run-config paths
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -46,10 +54,10 @@ class StudyRuns:
         return self.trials[self.trials["status"] == "FINISHED"]
 
     def hyperparameters(self, varying: bool = False) -> list[str]:
-        """Hyperparameter columns (w_<reward>, λ, K, lr); ``varying``: only those that take more
-        than one value across the trials."""
-        names = [c for c in self.runs.columns if c.startswith("w_")] + list(HYPERPARAMETERS)
-        present = [c for c in names if c in self.runs.columns]
+        """Hyperparameter columns, by run-config path (``reward.weights.aesthetic``,
+        ``sample.k``, ...); ``varying``: only those that take more than one value across the
+        trials."""
+        present = [c for c in self.params if c in self.runs.columns]
         if varying:
             present = [c for c in present if self.trials[c].nunique(dropna=True) > 1]
         return present
@@ -79,7 +87,9 @@ def load_runs(tracking_uri: str, experiment: str, sweep: str | None = None,
     table["pareto"] = _pareto(table, objectives)
     steps = pd.DataFrame([point for r in runs for point in _history(client, r)],
                          columns=["run_id", "trial_id", "kind", "key", "step", "value"])
-    return StudyRuns(tracking_uri, experiment, table, steps)
+    params = sorted({name for r in runs if r.data.tags.get(KIND_TAG) == "trial"
+                     for name in r.data.params if not name.startswith("base.")})
+    return StudyRuns(tracking_uri, experiment, table, steps, tuple(params))
 
 
 def _run_row(run, objectives: Sequence[str]) -> dict:
@@ -96,10 +106,10 @@ def _run_row(run, objectives: Sequence[str]) -> dict:
         "model": params.get("base.model.source"),
         "missing": ",".join(o for o in objectives if o not in metrics),
     }
-    for name, value in params.items():
+    row.update(metrics)
+    for name, value in params.items():  # after the metrics: a parameter is never overwritten
         if not name.startswith("base."):
             row[name] = _number(value)
-    row.update(metrics)
     return row
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import types
 from collections.abc import Mapping, Sequence
@@ -15,9 +16,14 @@ from textcraftor.configio import (
     ConfigError,
     apply_overrides,
     from_dict,
+    get_path,
+    leaf_paths,
+    path_annotation,
     read_yaml,
     require,
     require_choice,
+    set_path,
+    to_dict,
 )
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -28,66 +34,114 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 @dataclass(frozen=True)
-class Param:
-    """One hyperparameter: fixed (``value``) or searched over [low, high]."""
+class Distribution:
+    """How one searched run-config field is drawn: a range (``low``/``high``, uniform or
+    log-uniform; integers when the field is an int or ``integer: true``) or ``choices`` (a
+    categorical: strings, numbers, booleans). Optuna's suggest_float / suggest_int /
+    suggest_categorical draw it."""
 
-    value: float | None = None  # fixed value; leave unset to search
-    low: float | None = None  # lower bound of the search range
-    high: float | None = None  # upper bound of the search range
-    log: bool = False  # search log-uniformly (needs low > 0)
+    low: float | None = None  # lower end of a range (inclusive)
+    high: float | None = None  # upper end of a range (inclusive)
+    log: bool = False  # log-uniform range (needs low > 0)
+    integer: bool = False  # integers only (implied for an int field)
+    choices: tuple[Any, ...] | None = None  # categorical values, instead of a range
 
-    @property
-    def searched(self) -> bool:
-        return self.value is None
+    def kind(self, annotation: Any) -> str:
+        """categorical | int | float, for the field's type ``annotation``."""
+        if self.choices is not None:
+            return "categorical"
+        return "int" if self.integer or annotation is int else "float"
 
-    def check(self, field_name: str, integer: bool = False) -> None:
-        if self.value is not None:
-            require(self.low is None and self.high is None, field_name,
-                    "give either value (fixed) or low/high (searched), not both")
+    def check(self, field_name: str, annotation: Any) -> None:
+        """Raise ConfigError naming ``field_name`` for a malformed distribution."""
+        if self.choices is not None:
+            require(self.low is None and self.high is None and not self.log, field_name,
+                    "give choices or low/high, not both")
+            require(len(self.choices) > 0, f"{field_name}.choices", "empty: give at least one")
+            for index, choice in enumerate(self.choices):
+                require(choice is None or isinstance(choice, (bool, int, float, str)),
+                        f"{field_name}.choices[{index}]",
+                        f"{choice!r}: Optuna's categoricals are strings, numbers, booleans")
             return
+        require(annotation in (int, float), field_name,
+                f"a range needs a numeric field, and this one is {_type_name(annotation)}: "
+                f"give choices: [...] instead")
         require(self.low is not None and self.high is not None, field_name,
-                "needs value, or both low and high")
+                "needs both low and high (or choices)")
         require(self.low <= self.high, field_name, f"low ({self.low}) > high ({self.high})")
         require(not self.log or self.low > 0, field_name, "log=true needs low > 0")
-        if integer:
+        if self.kind(annotation) == "int":
             require(float(self.low).is_integer() and float(self.high).is_integer(), field_name,
-                    "bounds must be integers")
+                    f"an int range needs integer bounds, got {self.low}..{self.high}")
+
+    def values_to_check(self, annotation: Any) -> list[tuple[str, Any]]:
+        """(sub-field, value) pairs that must each pass the run config's validation: every
+        choice, or both ends of the range."""
+        if self.choices is not None:
+            return [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
+        cast = int if self.kind(annotation) == "int" else float
+        return [("low", cast(self.low)), ("high", cast(self.high))]
+
+    def contains(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
 
 
-def _fixed(value: float) -> Param:
-    return Param(value=value)
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    reward_weights: Mapping[str, Param] = field(  # wᵢ of each quality reward
-        default_factory=lambda: types.MappingProxyType({"aesthetic": Param(low=0.1, high=2.0)}))
-    clip_constraint: Param = field(  # λ, strength of the CLIP constraint
-        default_factory=lambda: Param(low=0.0, high=2.0))
-    k: Param = field(default_factory=lambda: Param(low=1, high=5))  # truncation depth K
-    lr: Param = field(default_factory=lambda: _fixed(1e-6))  # text-encoder learning rate
+def _default_search() -> Mapping[str, Distribution]:
+    return types.MappingProxyType({
+        "reward.weights.aesthetic": Distribution(low=0.1, high=2.0),
+        "reward.clip_constraint": Distribution(low=0.0, high=2.0),
+        "sample.k": Distribution(low=1, high=5),
+    })
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "reward_weights", types.MappingProxyType(
-            dict(self.reward_weights)))
-        for name, param in self.reward_weights.items():
-            require_choice(name, "search.reward_weights", QUALITY_REWARDS)
-            param.check(f"search.reward_weights.{name}")
-            require((param.low if param.searched else param.value) >= 0,
-                    f"search.reward_weights.{name}", "weights must be >= 0")
-        self.clip_constraint.check("search.clip_constraint")
-        self.k.check("search.k", integer=True)
-        require((self.k.low if self.k.searched else self.k.value) >= 1, "search.k",
-                "K must be >= 1")
-        self.lr.check("search.lr")
 
-    def params(self) -> dict[str, Param]:
-        """Every hyperparameter by its flat name (as Optuna and MLflow see it)."""
-        named = {f"w_{n}": p for n, p in self.reward_weights.items()}
-        return {**named, "clip_constraint": self.clip_constraint, "k": self.k, "lr": self.lr}
+def run_config_paths(base: RunConfig) -> list[str]:
+    """Every searchable path: the base's values, plus a weight and a scale for each reward."""
+    paths = leaf_paths(to_dict(base))
+    paths += [f"reward.{section}.{name}" for section in ("weights", "scales")
+              for name in (*QUALITY_REWARDS, "clip") if not (section == "weights"
+                                                             and name == "clip")]
+    return list(dict.fromkeys(paths))
 
-    def searched(self) -> dict[str, Param]:
-        return {n: p for n, p in self.params().items() if p.searched}
+
+def check_search(search: Mapping[str, Distribution], base: RunConfig,
+                 reference_first: bool) -> None:
+    """Each searched path is a run-config field, its distribution fits the field's type, every
+    choice (or both ends of the range) passes the run config's validation, and, when the base
+    values are the first trial, the base value lies in the distribution. Raises ConfigError
+    naming ``search.<path>`` (and the closest valid path for an unknown one)."""
+    data = to_dict(base)
+    for path, distribution in search.items():
+        field_name = f"search.{path}"
+        try:
+            annotation = path_annotation(RunConfig, path)
+        except ConfigError as error:
+            close = difflib.get_close_matches(path, run_config_paths(base), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{field_name}: {str(error).split(': ', 1)[1]} of the run "
+                              f"config{hint}") from None
+        distribution.check(field_name, annotation)
+        for sub, value in distribution.values_to_check(annotation):
+            try:
+                from_dict(RunConfig, set_path(data, path, value, RunConfig))
+            except ConfigError as error:
+                raise ConfigError(f"{field_name}.{sub}: {value!r} is refused by the run "
+                                  f"config: {error}") from None
+        if reference_first:
+            try:
+                value = get_path(data, path, RunConfig)
+            except KeyError:
+                raise ConfigError(f"{field_name}: base.{path} is not set, and the base "
+                                  f"config's values are the first trial "
+                                  f"(tuner.reference_first); set base.{path}") from None
+            require(distribution.contains(value), field_name,
+                    f"base.{path} = {value!r} is the first trial (tuner.reference_first) but "
+                    f"lies outside this distribution; set base.{path} inside it")
 
 
 @dataclass(frozen=True)
@@ -116,7 +170,8 @@ class TunerConfig:
     num_samples: int = 4  # trials
     max_concurrent: int = 1  # trials at once
     scheduler: str = "fifo"  # fifo | asha (asha: one objective only)
-    reference_first: bool = True  # the reference recipe's point as the first trial
+    reference_first: bool = True  # the base config's values of the searched fields are the
+    #                               first trial (the reference recipe, in one place: the YAML)
     storage: str | None = None  # Optuna RDB URL; default sqlite in the sweep folder
 
     def __post_init__(self) -> None:
@@ -169,23 +224,28 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """Testing aid: a fault in the trials whose hyperparameter ``param`` equals ``value`` (every
+    """Testing aid: a fault in the trials whose searched field ``param`` equals ``value`` (every
     trial when ``param`` is not given)."""
 
-    param: str | None = None  # flat hyperparameter name, e.g. k or w_aesthetic; none: all trials
-    value: float | None = None  # the value that marks a trial
+    param: str | None = None  # a searched run-config path, e.g. sample.k; none: all trials
+    value: Any = None  # the value that marks a trial
     nan_at_step: int = 0  # the loss becomes NaN at this step: the trial fails (0 = never)
     crash_once_at_step: int = 0  # rank 0 raises just before it reports this step's checkpoint,
     #   once per sweep (a marker file in the sweep folder), so Ray Train restarts the worker
     #   group from the previous committed checkpoint (0 = never; a checkpoint step)
 
     def matches(self, params: Mapping[str, Any]) -> bool:
-        """Whether a trial with these hyperparameters (flat names) gets the fault."""
-        return self.param is None or float(params[self.param]) == float(self.value)
+        """Whether a trial with these hyperparameters (by path) gets the fault."""
+        if self.param is None:
+            return True
+        value = params[self.param]
+        if isinstance(value, (int, float)) and isinstance(self.value, (int, float)):
+            return float(value) == float(self.value)
+        return value == self.value
 
     def check(self, field_name: str, study: StudyConfig) -> None:
         if self.param is not None:
-            require_choice(self.param, f"{field_name}.param", tuple(study.search.params()))
+            require_choice(self.param, f"{field_name}.param", tuple(study.search))
             require(self.value is not None, f"{field_name}.value", "needed with param")
         require(self.nan_at_step >= 0 and self.crash_once_at_step >= 0, field_name,
                 "steps must be >= 0")
@@ -203,7 +263,8 @@ class FaultInjection:
 class StudyConfig:
     name: str = "default"  # sweep name: folder, MLflow parent run, Optuna study
     base: RunConfig = field(default_factory=RunConfig)  # what every trial shares
-    search: SearchSpace = field(default_factory=SearchSpace)  # what the trials vary
+    search: Mapping[str, Distribution] = field(  # run-config path → how the trials vary it
+        default_factory=_default_search)
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what is maximised
     tuner: TunerConfig = field(default_factory=TunerConfig)  # Optuna + Tune settings
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per trial
@@ -216,13 +277,12 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
-        require(bool(self.search.searched()), "search",
-                "empty search space: every parameter is fixed (give low/high to one)")
+        object.__setattr__(self, "search", types.MappingProxyType(dict(self.search)))
+        require(bool(self.search), "search",
+                "empty search space: give at least one run-config path a distribution")
         require(self.tuner.scheduler != "asha" or len(self.objectives.names) == 1,
                 "tuner.scheduler", "asha supports one objective only; use fifo with two")
-        t = self.base.sample.num_steps
-        k_high = self.search.k.high if self.search.k.searched else self.search.k.value
-        require(k_high <= t, "search.k", f"K up to {k_high} exceeds sample.num_steps={t}")
+        check_search(self.search, self.base, self.tuner.reference_first)
         require("diversity" not in self.objectives.names or self.base.eval.diversity,
                 "objectives.names", "diversity needs base.eval.diversity=true")
         faults = self.fault_injection
@@ -267,8 +327,17 @@ def load_study_config(path: str | Path | None = None, overrides: Sequence[str] =
     data = apply_overrides(data, overrides, schema=StudyConfig)
     data.update({k: v for k, v in fields.items() if v is not None})
     try:
-        return from_dict(StudyConfig, data)
+        study = from_dict(StudyConfig, data)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
+    for item in overrides:
+        key = item.partition("=")[0]
+        for searched in study.search:
+            if key == f"base.{searched}" or f"base.{searched}".startswith(f"{key}."):
+                raise ConfigError(f"--set {item!r}: base.{searched} is searched "
+                                  f"(search.{searched}): every trial draws its own value, so "
+                                  f"a fixed one cannot hold; drop the --set (the YAML's base "
+                                  f"value is the first trial) or drop search.{searched}")
+    return study

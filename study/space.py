@@ -1,8 +1,11 @@
-"""Search space → Optuna define-by-run function, the reference point, and trial → RunConfig."""
+"""The search space as Optuna's define-by-run function, the first trial (the base config's
+values), and a trial's hyperparameters → its RunConfig.
+
+A hyperparameter's name is its run-config path (``reward.weights.aesthetic``, ``sample.k``)
+in the YAML, Optuna, Tune, MLflow, ``summary.json`` and the analysis alike."""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -10,64 +13,58 @@ from typing import Any
 
 from study.config import StudyConfig
 from textcraftor.config import RunConfig
-
-# The reference recipe (DESIGN.md): unit weights on the reference's loss scales, λ = 1,
-# the last 5 steps with gradient, lr 1e-6.
-REFERENCE_POINT = {"clip_constraint": 1.0, "k": 5, "lr": 1e-6}
-REFERENCE_WEIGHT = 1.0
+from textcraftor.configio import from_dict, get_path, path_annotation, set_path, to_dict
 
 
 class DefineByRun:
-    """Optuna define-by-run space: suggests each searched parameter, returns the fixed ones.
-    A class, not a closure: Tune pickles the searcher with its experiment state."""
+    """Optuna define-by-run space: suggests each searched path. A class, not a closure: Tune
+    pickles the searcher with its experiment state."""
 
     def __init__(self, study: StudyConfig):
-        self.searched = {n: (p.low, p.high, p.log) for n, p in study.search.searched().items()}
-        self.fixed = {n: p.value for n, p in study.search.params().items() if not p.searched}
+        self.space = []  # (path, kind, distribution as plain values)
+        for path, distribution in study.search.items():
+            kind = distribution.kind(path_annotation(RunConfig, path))
+            self.space.append((path, kind, distribution.low, distribution.high,
+                               distribution.log, distribution.choices))
 
     def __call__(self, trial) -> dict[str, Any]:
-        for name, (low, high, log) in self.searched.items():
-            if name == "k":
-                trial.suggest_int(name, int(low), int(high), log=log)
+        for path, kind, low, high, log, choices in self.space:
+            if kind == "categorical":
+                trial.suggest_categorical(path, list(choices))
+            elif kind == "int":
+                trial.suggest_int(path, int(low), int(high), log=log)
             else:
-                trial.suggest_float(name, low, high, log=log)
-        return dict(self.fixed)
+                trial.suggest_float(path, float(low), float(high), log=log)
+        return {}
 
 
-def reference_point(study: StudyConfig) -> dict[str, float]:
-    """The reference setting, clipped into the searched ranges (searched parameters only)."""
+def reference_point(study: StudyConfig) -> dict[str, Any]:
+    """The first trial: the base config's value of every searched path (checked to lie in its
+    distribution when the study loads)."""
+    data = to_dict(study.base)
     point = {}
-    for name, param in study.search.searched().items():
-        value = REFERENCE_POINT.get(name, REFERENCE_WEIGHT)
-        value = min(max(value, param.low), param.high)
-        point[name] = int(round(value)) if name == "k" else float(value)
+    for path, distribution in study.search.items():
+        value = get_path(data, path, RunConfig)
+        kind = distribution.kind(path_annotation(RunConfig, path))
+        point[path] = int(value) if kind == "int" else float(value) if kind == "float" else value
     return point
 
 
 def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: str | Path
                      ) -> RunConfig:
-    """The RunConfig one trial trains with: ``base`` with the trial's hyperparameters."""
-    base = study.base
-    values = {n: p.value for n, p in study.search.params().items() if not p.searched}
-    values.update(params)
-    weights = {**base.reward.weights}
-    weights.update({n: float(values[f"w_{n}"]) for n in study.search.reward_weights})
-    reward = replace(base.reward, weights=types.MappingProxyType(weights),
-                     clip_constraint=float(values["clip_constraint"]))
-    k = int(values["k"])
-    if base.sample.truncation == "last_k":
-        sample = replace(base.sample, k=k)
-    elif base.sample.truncation == "direct":  # one UNet call from a noised paired image: no K
-        sample = base.sample
-    else:  # K is the upper end of the random draw
-        sample = replace(base.sample, k_max=k, k_min=min(base.sample.k_min, k))
-    train = replace(base.train, lr=float(values["lr"]))
+    """The RunConfig one trial trains with: ``base`` with the trial's value at each searched
+    path, validated like a YAML value (ConfigError naming the field)."""
+    data = to_dict(study.base)
+    for path in study.search:
+        data = set_path(data, path, params[path], RunConfig)
+    run = from_dict(RunConfig, data)
+    train = run.train
     for fault in study.fault_injection:
-        if fault.nan_at_step and fault.matches(values):
+        if fault.nan_at_step and fault.matches(params):
             train = replace(train, inject_nan_at=fault.nan_at_step)
-    return replace(base, reward=reward, sample=sample, train=train, output_dir=str(output_dir))
+    return replace(run, train=train, output_dir=str(output_dir))
 
 
 def trial_params(config: Mapping[str, Any], study: StudyConfig) -> dict[str, Any]:
-    """The hyperparameters of a trial's Tune config (searched and fixed), by flat name."""
-    return {name: config[name] for name in study.search.params() if name in config}
+    """The searched values of a trial's Tune config, by path."""
+    return {path: config[path] for path in study.search if path in config}

@@ -29,6 +29,7 @@ from study.tracking import (
     resolve_tracking_uri,
     trial_error_text,
 )
+from textcraftor.config import RunConfig
 from textcraftor.configio import ConfigError, to_dict
 
 log = logging.getLogger("study.sweep")
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "and resources.max_failures may change)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a study field, e.g. "
-                        "base.train.steps=20 or search.k.high=3")
+                        "base.train.steps=20 or search.sample.k.high=3")
     return parser.parse_args(argv)
 
 
@@ -180,6 +181,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def searched_variants(study: StudyConfig) -> list[tuple[str, Any, RunConfig]]:
+    """The base config with each searched path at each of its choices, or at both ends of its
+    range: (path, value, run config), each valid (the study checked them when it loaded)."""
+    from textcraftor.configio import from_dict, path_annotation, set_path
+
+    data, variants = to_dict(study.base), []
+    for path, distribution in study.search.items():
+        for _, value in distribution.values_to_check(path_annotation(RunConfig, path)):
+            variants.append((path, value,
+                             from_dict(RunConfig, set_path(data, path, value, RunConfig))))
+    return variants
+
+
 def check_model_weights(study: StudyConfig) -> None:
     """Every model, reward and evaluation weight the trials will load, resolved here before Ray
     starts (textcraftor.sources_check): a missing folder, or weights neither cached nor
@@ -187,21 +201,31 @@ def check_model_weights(study: StudyConfig) -> None:
     for minutes. The ShapesWorld weights' checksums are verified here too, not in every trial.
     Beyond base's active rewards: the quality score's (loaded at weight 0 by every trial) and
     every searched weight that can be positive."""
+    from textcraftor.limits import check_model_limits
     from textcraftor.sources_check import check_sources
 
     extra = {n: f"objectives.quality_weights.{n}" for n in study.objectives.quality_weights}
-    for name, param in study.search.reward_weights.items():
-        if (param.high if param.searched else param.value) > 0:
-            extra.setdefault(name, f"search.reward_weights.{name}")
-    check_sources(study.base, extra, prefix="base.")
-    # what the scheduler, UNet and VAE refuse (num_steps, direct_t, resolution), from their
-    # configs only: a trial would otherwise load every model first and then die
-    from textcraftor.limits import check_model_limits
+    for path, distribution in study.search.items():
+        if path.startswith("reward.weights."):
+            values = distribution.choices or (distribution.high,)
+            if any(isinstance(v, (int, float)) and v > 0 for v in values):
+                extra.setdefault(path.removeprefix("reward.weights."), f"search.{path}")
 
-    try:
-        check_model_limits(study.base)
-    except ConfigError as error:
-        raise ConfigError(f"base.{error}") from None
+    def check_limits(run: RunConfig, drawn: str) -> None:
+        # what the scheduler, UNet and VAE refuse (num_steps, direct_t, resolution), from
+        # their configs only: a trial would otherwise load every model first and then die
+        try:
+            check_model_limits(run)
+        except ConfigError as error:
+            raise ConfigError(f"base.{error}{drawn}") from None
+
+    check_sources(study.base, extra, prefix="base.")
+    check_limits(study.base, "")
+    # every searched choice or range end, as the trial that draws it would load it
+    for path, value, run in searched_variants(study):
+        if path.startswith(("model.", "reward.")):  # the fields that pick weights
+            check_sources(run, extra, prefix="base.")
+        check_limits(run, f" (when search.{path} draws {value!r})")
 
 
 def check_gcs_reachable(address: str, timeout_s: float = 10.0) -> None:

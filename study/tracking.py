@@ -30,10 +30,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from study.config import DEFAULT_TRACKING_URI, OBJECTIVES
+from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
 from textcraftor.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
-SWEEP_TAG, TRIAL_TAG, KIND_TAG = "textcraftor.sweep", "textcraftor.trial_id", "textcraftor.kind"
 # Tune's own bookkeeping in every result: not worth a metric in MLflow
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
               "time_since_restore", "iterations_since_restore", "done", "step", "config",

@@ -142,21 +142,24 @@ def run_module() -> Callable:
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory):
     """One real sweep shared by the study and analysis tests: 3 trials of the tiny preset on
-    Parti-Prompts (categories), 4 held-out prompts × 2 seeds; the first trial (the reference
-    point, w_aesthetic = 1.0) gets a NaN loss at step 2 and fails; the first trial to reach
-    step 4's checkpoint crashes once there, and Ray Train restarts its worker group."""
+    Parti-Prompts (categories), 4 held-out prompts × 2 seeds, searching the default study's
+    fields plus the guidance scale, T and the truncation mode (sweep_helpers.E2E_SEARCH); the
+    first trial (the base config's values, reward.weights.aesthetic = 1.0) gets a NaN loss at
+    step 2 and fails; the first trial to reach step 4's checkpoint crashes once there, and Ray
+    Train restarts its worker group."""
     import json
     import time
 
-    from sweep_helpers import PARTI_PROMPTS, TINY, run_sweep
+    from sweep_helpers import PARTI_PROMPTS, TINY, e2e_study, run_sweep
 
     tmp = tmp_path_factory.mktemp("sweep")
     started = time.perf_counter()
-    result = run_sweep(tmp, *TINY, "--num-samples", "3", "--set", "name=e2e",
+    result = run_sweep(tmp, "--config", str(e2e_study(tmp)), *TINY, "--num-samples", "3",
+                       "--set", "name=e2e",
                        "--set", f"base.data.prompts={PARTI_PROMPTS}",
                        "--set", "base.data.heldout_count=4",
-                       "--set", "fault_injection=[{param: w_aesthetic, value: 1.0, nan_at_step: 2},"
-                       " {crash_once_at_step: 4}]")
+                       "--set", "fault_injection=[{param: reward.weights.aesthetic, value: 1.0, "
+                       "nan_at_step: 2}, {crash_once_at_step: 4}]")
     wall = time.perf_counter() - started
     summary = json.loads((tmp / "sweeps" / "e2e" / "summary.json").read_text())
     print(f"\nsweep of 3 trials: {wall:.1f} s wall; overhead {summary['overhead']}")

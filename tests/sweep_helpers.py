@@ -9,22 +9,52 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
+import yaml
+
+from study.config import default_config_path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PARTI_PROMPTS = SHARED / "data" / "PartiPrompts.tsv"
 
-# A few steps of the tiny preset: each trial is mostly Ray/Train start-up here.
-SMALL = [
-    "--set", "base.sample.num_steps=4", "--set", "base.sample.k=2",
-    "--set", "base.train.steps=4", "--set", "base.train.eval_every=2",
-    "--set", "base.train.save_every=2", "--set", "base.data.heldout_count=2",
-    "--set", "search.k.high=2",
-]
+
+
+def _small_study() -> Path:
+    """The default study with a few steps: each trial is mostly Ray/Train start-up here. A YAML
+    file, since base values of searched fields (here sample.k, the first trial's K) are the
+    config file's to give, never --set's."""
+    data = yaml.safe_load(default_config_path().read_text())
+    base = data["base"]
+    base["sample"].update(num_steps=4, k=2)
+    base["train"].update(steps=4, eval_every=2, save_every=2)
+    base["data"].update(heldout_count=2)
+    data["search"]["sample.k"]["high"] = 2
+    folder = Path(tempfile.mkdtemp(prefix="textcraftor-small-study-"))
+    (folder / "small.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder / "small.yaml"
+
+
+SMALL_STUDY = _small_study()
+SMALL = ["--config", str(SMALL_STUDY)]
+# The shared end-to-end sweep (conftest's tiny_sweep) also searches a float, an int and a
+# categorical field under their own names.
+E2E_SEARCH = {"sample.guidance_scale": {"low": 3.0, "high": 9.0},
+              "sample.num_steps": {"low": 3, "high": 5},
+              "sample.truncation": {"choices": ["last_k", "random_k"]}}
+E2E_PARAMS = ("reward.weights.aesthetic", "reward.clip_constraint", "sample.k", *E2E_SEARCH)
+
+
+def e2e_study(folder: Path) -> Path:
+    data = yaml.safe_load(SMALL_STUDY.read_text())
+    data["base"]["sample"]["k_max"] = 2  # random_k's top: within every num_steps drawn
+    data["search"].update(E2E_SEARCH)
+    (folder / "e2e.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder / "e2e.yaml"
 # The tiny preset, for tests that need speed or prompts outside ShapesWorld (the default study
 # runs the shapes preset).
 TINY = ["--set", "base.model.source=tiny"]

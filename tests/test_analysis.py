@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from sweep_helpers import mlflow_server, rest
+from sweep_helpers import E2E_PARAMS, mlflow_server, rest
 
 from analysis.runs import AnalysisError, by_category, load_runs, prompt_table
 
@@ -45,7 +45,12 @@ def test_runs_table_keeps_failed_trials_and_the_baseline(store):
     # the baseline is its own reference: KID/FID ≈ 0 at N = 4 prompts × 2 seeds
     assert base["eval/num_images"] == 8
     assert abs(base["eval/kid"]) < 1e-3 and abs(base["eval/fid"]) < 1e-3
-    assert set(study.hyperparameters()) >= {"w_aesthetic", "clip_constraint", "k"}
+    # the searched run-config paths, named as in the YAML; the K column is the searched K,
+    # never the step metric of the K drawn (train/k_drawn)
+    assert study.hyperparameters() == sorted(E2E_PARAMS)
+    for trial in summary["trials"]:
+        row = study.runs[study.runs["trial_id"] == trial["trial_id"]].iloc[0]
+        assert {p: row[p] for p in E2E_PARAMS} == trial["params"]
     # same Pareto decisions as the sweep's own summary
     pareto = {t["trial_id"]: t["pareto"] for t in summary["trials"]}
     assert {r.trial_id: bool(r.pareto) for r in study.trials.itertuples()} == pareto
@@ -84,19 +89,29 @@ def test_bad_input_is_named(tmp_path):
     assert row["status"] == "RUNNING" and row["missing"] == "diversity" and not row["pareto"]
 
 
-def test_interpolation_ends_are_the_baseline_and_the_trial(store):
-    """a = 0 re-measures the untuned model, a = 1 the trial's last checkpoint: both must give
-    what the sweep logged (same prompts, seeds and metric networks in another process)."""
+def test_interpolation_ends_are_the_untuned_model_and_the_trial(store):
+    """a = 1 re-measures the trial's last checkpoint: it must give what the sweep logged (same
+    prompts, seeds and metric networks in another process). a = 0 is the untuned model under
+    the trial's own sampling settings (this sweep searches the guidance scale, T and the
+    truncation, so not the baseline's): equal to the baseline only where those settings are the
+    base's."""
     from analysis.interpolation import evaluate_interpolation
 
-    uri, _, _ = store
+    uri, _, summary = store
     study = load_runs(uri, EXPERIMENT, "e2e")
     trial = study.finished.iloc[0]
     table = evaluate_interpolation(study, trial["trial_id"], alphas=(0.0, 1.0))
-    base = study.baseline.iloc[0]
     for column in ("quality", "diversity"):
-        assert table[column].iloc[0] == pytest.approx(base[column], abs=1e-4), column
         assert table[column].iloc[1] == pytest.approx(trial[column], abs=1e-4), column
+    base = study.baseline.iloc[0]
+    sampling = ("sample.guidance_scale", "sample.num_steps")
+    first = next(t for t in summary["trials"] if t["trial_id"] == trial["trial_id"])
+    same_sampling = all(first["params"][p] == base_value for p, base_value in
+                        zip(sampling, (5.0, 4)))
+    if same_sampling:
+        assert table["quality"].iloc[0] == pytest.approx(base["quality"], abs=1e-4)
+    else:
+        assert table["quality"].iloc[0] != pytest.approx(base["quality"], abs=1e-6)
 
 
 def chromium_image_check(report: Path) -> dict:
@@ -132,6 +147,8 @@ def test_report_opens_in_chromium_with_every_image(store, run_module, tmp_path):
         assert (out / "figures" / f"{figure}.svg").is_file(), figure
         assert f"figures/{figure}.png" in page
     assert "FAILED" in page and "Pareto front" in page and "By category" in page
+    for name in E2E_PARAMS:  # the Pareto table's columns: the searched paths, as in the YAML
+        assert f"<th>{name}</th>" in page, name
     check = chromium_image_check(out / "report.html")
     assert check["total"] >= 7 and check["loaded"] == check["total"], check
 
@@ -195,3 +212,24 @@ def test_mlflow_server_serves_the_sweep_over_rest(store):
             with urllib.request.urlopen(f"{base}/get-artifact?path=samples/step_0000004.png"
                                         f"&run_uuid={run_id}", timeout=30) as response:
                 assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_reads_what_the_sweep_wrote_with_ray_and_torch_unimportable(store, tmp_path):
+    """analysis/ reads MLflow and summary files only: with ``ray`` and ``torch`` made
+    unimportable, the report of a finished sweep (without the interpolation dial, which runs a
+    model) is built."""
+    import sys
+
+    uri, _, _ = store
+    out = tmp_path / "report"
+    code = ("import sys; sys.modules['ray'] = None; sys.modules['torch'] = None; "
+            "from analysis.report import main; "
+            f"sys.exit(main(['--tracking-uri', {uri!r}, '--experiment', {EXPERIMENT!r}, "
+            f"'--out', {str(out)!r}, '--interpolation', 'none']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-4000:]
+    page = (out / "report.html").read_text()
+    assert "Pareto front" in page and "By category" in page
+    for name in E2E_PARAMS:
+        assert f"<th>{name}</th>" in page, name

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from study.config import load_study_config
+from study.space import reference_point
 from textcraftor.config import RunConfig, load_run_config
 from textcraftor.configio import apply_overrides, to_dict
 
@@ -38,19 +39,22 @@ def test_set_paths_take_the_rest_of_the_key_inside_a_mapping():
     assert whole.reward.sources["hpsv2.1"].source == "/x.pt"
 
 
-def test_study_paths_with_dotted_names():
-    study = load_study_config(None, [
-        "base.model.source=tiny", "base.reward.weights.hpsv2.1=0.5",
-        "search.reward_weights.hpsv2.1.low=0.1", "search.reward_weights.hpsv2.1.high=0.4",
+def test_study_paths_with_dotted_names(tmp_path):
+    # the first trial's weight is the YAML's (a searched path's base value is never --set's)
+    study_yaml = write(tmp_path / "study.yaml",
+                       "base: {reward: {weights: {aesthetic: 1, hpsv2.1: 0.25}}}\n")
+    study = load_study_config(study_yaml, [
+        "search.reward.weights.hpsv2.1.low=0.1", "search.reward.weights.hpsv2.1.high=0.4",
         "objectives.quality_weights.hpsv2.1=2", "resources.trial_resources.rack.a=0.5",
     ])
-    assert dict(study.base.reward.weights) == {"aesthetic": 1.0, "hpsv2.1": 0.5}
-    param = study.search.reward_weights["hpsv2.1"]
-    assert (param.low, param.high, param.value) == (0.1, 0.4, None)
+    assert dict(study.base.reward.weights) == {"aesthetic": 1.0, "hpsv2.1": 0.25}
+    searched = study.search["reward.weights.hpsv2.1"]
+    assert (searched.low, searched.high, searched.choices) == (0.1, 0.4, None)
     assert dict(study.objectives.quality_weights) == {"aesthetic": 1.0, "hpsv2.1": 2.0}
     assert dict(study.resources.trial_resources) == {"rack.a": 0.5}
-    assert list(study.search.params()) == ["w_aesthetic", "w_hpsv2.1", "clip_constraint", "k",
-                                           "lr"]
+    assert list(study.search) == ["reward.weights.aesthetic", "reward.clip_constraint",
+                                  "sample.k", "reward.weights.hpsv2.1"]
+    assert reference_point(study)["reward.weights.hpsv2.1"] == 0.25
 
 
 def test_without_a_schema_every_dot_splits():
@@ -101,6 +105,8 @@ def study_base(*overrides: str, config: str | None = None) -> RunConfig:
     from study.sweep import load_study, parse_args
 
     args = [a for o in ("model.source=tiny", *overrides) for a in ("--set", f"base.{o}")]
+    # searching K only: a searched field's base value is the YAML's, never --set's
+    args += ["--set", "search={sample.k: {low: 1, high: 5}}"]
     return load_study(parse_args([*(["--config", config] if config else []), *args])).base
 
 
@@ -121,7 +127,7 @@ def test_a_yaml_mapping_replaces_the_default_in_both(tmp_path):
     run_yaml = write(tmp_path / "run.yaml", "reward: {weights: {pickscore: 1}}\n")
     study_yaml = write(tmp_path / "study.yaml", """
         base: {model: {source: tiny}, reward: {weights: {pickscore: 1}}}
-        search: {reward_weights: {pickscore: {low: 0.1, high: 1}}}
+        search: {reward.weights.pickscore: {low: 0.1, high: 1}}
         objectives: {quality_weights: {pickscore: 1}}
     """)
     assert dict(train_config(config=str(run_yaml)).reward.weights) == {"pickscore": 1.0}
@@ -137,22 +143,24 @@ def test_a_yaml_mapping_replaces_the_default_in_both(tmp_path):
 
 
 def test_mlflow_keys_with_dotted_names_round_trip(tmp_path):
-    """Metric eval/hpsv2.1, param w_hpsv2.1 and the flattened study config's
+    """Metric eval/hpsv2.1, param reward.weights.hpsv2.1 and the flattened study config's
     base.reward.weights.hpsv2.1 come back from a real SQLite store as written, and a flattened
     key is a --set path that sets the same value again."""
     from mlflow.tracking import MlflowClient
 
     from study.tracking import flatten
 
-    study = load_study_config(None, ["base.model.source=tiny", "base.reward.weights.hpsv2.1=0.5",
-                                     "search.reward_weights.hpsv2.1={low: 0.1, high: 0.4}"])
+    study_yaml = write(tmp_path / "study.yaml",
+                       "base: {reward: {weights: {aesthetic: 1, hpsv2.1: 0.25}}}\n")
+    study = load_study_config(study_yaml, ["search.reward.weights.hpsv2.1={low: 0.1, high: 0.4}"])
     params = flatten(to_dict(study))
-    assert params["base.reward.weights.hpsv2.1"] == "0.5"
-    assert params["search.reward_weights.hpsv2.1.low"] == "0.1"
+    assert params["base.reward.weights.hpsv2.1"] == "0.25"
+    assert params["search.reward.weights.hpsv2.1.low"] == "0.1"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("dotted"))
     run_id = run.info.run_id
-    chosen = {"w_hpsv2.1": "0.25", **{k: v[:6000] for k, v in params.items()}}
+    # a trial's hyperparameter is its run-config path, beside the flattened study
+    chosen = {"reward.weights.hpsv2.1": "0.3", **{k: v[:6000] for k, v in params.items()}}
     for key, value in chosen.items():
         client.log_param(run_id, key, value)
     client.log_metric(run_id, "eval/hpsv2.1", 0.125, step=3)
@@ -165,13 +173,11 @@ def test_mlflow_keys_with_dotted_names_round_trip(tmp_path):
     history = client.get_metric_history(run_id, "eval/hpsv2.1")
     assert [(m.step, m.value) for m in history] == [(3, 0.125)]
     # the flattened names are --set paths under the one rule
-    again = load_study_config(None, [
-        "base.model.source=tiny",
-        *(f"{k}={data.params[k]}" for k in ("base.reward.weights.hpsv2.1",
-                                            "search.reward_weights.hpsv2.1.low",
-                                            "search.reward_weights.hpsv2.1.high"))])
+    again = load_study_config(study_yaml, [
+        f"{k}={data.params[k]}" for k in ("search.reward.weights.hpsv2.1.low",
+                                          "search.reward.weights.hpsv2.1.high")])
     assert again.base.reward.weights == study.base.reward.weights
-    assert again.search.reward_weights == study.search.reward_weights
+    assert again.search == study.search
 
 
 # --- a run that trains hpsv2.1 --------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_resume_with_more_steps_continues_the_saved_configuration(run_module, ru
     steps = [m for m in metrics if m["kind"] == "step"]
     assert [m["step"] for m in steps] == [1, 2, 3]
     # the saved config's step structure on every line: K = 2 and the λ > 0 CLIP score
-    assert all(m["k"] == 2 for m in steps)
+    assert all(m["train/k_drawn"] == 2 for m in steps)
     assert all(set(m) == set(steps[0]) for m in steps) and "train/clip" in steps[0]
     assert [p.name for p in list_checkpoints(run_copy)] == [
         "step_0000001", "step_0000002", "step_0000003"]

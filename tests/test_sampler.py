@@ -91,7 +91,7 @@ def test_last_k_only_the_last_k_unet_calls_carry_gradient(make_trainer, monkeypa
     forward, backward = unet.take()
     assert grad_pattern(forward) == [False] * (t - k) + [True] * k
     assert backward == []  # nothing recomputed without checkpointing
-    assert metrics["k"] == k
+    assert metrics["train/k_drawn"] == k
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -123,7 +123,7 @@ def test_random_k_draws_one_k_per_batch_within_bounds(make_trainer, monkeypatch)
         # one K for the whole batch: a single block of the last K steps, none before
         assert grad_pattern(forward) == [False] * (t - k) + [True] * k
         assert k_min <= k <= k_max
-        assert metrics["k"] == k
+        assert metrics["train/k_drawn"] == k
         drawn.append(k)
     assert len(set(drawn)) > 1  # K really varies between batches
 
@@ -137,8 +137,8 @@ def test_random_k_with_checkpointing_recomputes_the_drawn_k(make_trainer, monkey
         metrics = trainer.train_step(step)
         forward, backward = unet.take()
         assert len(forward) == t
-        assert not any(grad_pattern(forward[: t - int(metrics["k"])]))
-        assert len(backward) == metrics["k"]
+        assert not any(grad_pattern(forward[: t - int(metrics["train/k_drawn"])]))
+        assert len(backward) == metrics["train/k_drawn"]
         assert all(c.grad_enabled for c in backward)
 
 
@@ -159,7 +159,7 @@ def test_x0_shortcut_has_exactly_one_grad_call(make_trainer, monkeypatch, checkp
         else:
             assert grad_pattern(forward) == [False] * (len(forward) - 1) + [True]
             assert backward == []
-        assert metrics["k"] == 1
+        assert metrics["train/k_drawn"] == 1
 
 
 def test_draw_truncation():

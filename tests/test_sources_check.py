@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from textcraftor.config import load_run_config
+from textcraftor.configio import ConfigError
 from textcraftor.sources_check import (
     ALEXNET_URL,
     INCEPTION_URL,
@@ -326,18 +327,32 @@ def test_the_sweep_checks_its_quality_and_searched_rewards_too(tmp_path, monkeyp
     from study.sweep import check_model_weights
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    # shapes ships aesthetic and clip only: pickscore in the quality score, hpsv2 searched
-    study = load_study_config(None, ["objectives.quality_weights={aesthetic: 1, pickscore: 1}",
-                                     "search.reward_weights={aesthetic: {low: 0.1, high: 1}, "
-                                     "hpsv2: {low: 0, high: 1}}"])
+    # shapes ships aesthetic and clip only: pickscore in the quality score is a source problem
+    study = load_study_config(None, ["objectives.quality_weights={aesthetic: 1, pickscore: 1}"])
     with pytest.raises(SourceError) as caught:
         check_model_weights(study)
     assert [str(p) for p in caught.value.problems] == [
-        f"base.reward.sources.{name} (needed by {by}.{name}): the shapes preset has rewards "
-        f"aesthetic, clip only; set base.reward.sources.{name}.source (and .backbone) to real "
-        f"weights, or drop {by}.{name}"
-        for name, by in (("pickscore", "objectives.quality_weights"),
-                         ("hpsv2", "search.reward_weights"))]
+        "base.reward.sources.pickscore (needed by objectives.quality_weights.pickscore): the "
+        "shapes preset has rewards aesthetic, clip only; set base.reward.sources.pickscore."
+        "source (and .backbone) to real weights, or drop objectives.quality_weights.pickscore"]
+    # a searched weight the preset lacks is refused when the study loads, at the value drawn
+    with pytest.raises(ConfigError, match=r"search.reward.weights.hpsv2.high: 1.0 is refused by "
+                       r"the run config: reward.weights.hpsv2: the shapes preset"):
+        load_study_config(None, ["search={reward.weights.hpsv2: {low: 0, high: 1}}",
+                                 "tuner.reference_first=false"])
+
+
+def test_the_sweep_checks_every_searched_model_source(tmp_path):
+    from study.config import load_study_config
+    from study.sweep import check_model_weights
+
+    study = load_study_config(None, ["search={model.source: {choices: [shapes, /no/such/sd]}}",
+                                     "tuner.reference_first=false"])
+    with pytest.raises(SourceError) as caught:
+        check_model_weights(study)
+    # the drawn folder, and what a real model's trial would fetch (the rewards' real weights)
+    assert fields(caught.value.problems)[0] == "base.model.source"
+    assert "/no/such/sd" in str(caught.value.problems[0])
 
 
 # --- evaluation networks ---------------------------------------------------------------------

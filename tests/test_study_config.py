@@ -15,45 +15,87 @@ from textcraftor.configio import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
+SEARCHED = {"reward.weights.aesthetic", "reward.clip_constraint", "sample.k"}
+
+
 def test_default_and_sd15_configs_load():
     default = load_study_config()
     assert default.base.model.source == "shapes"
-    assert set(default.search.searched()) == {"w_aesthetic", "clip_constraint", "k"}
+    assert set(default.search) == SEARCHED
     assert default.objectives.names == ("quality", "diversity")
     sd15 = load_study_config(REPO / "study" / "configs" / "sd15.yaml")
     assert sd15.base.sample.resolution == 512 and sd15.base.sample.num_steps == 25
     assert sd15.resources.gpus_per_worker == 1
+    assert sd15.search["train.lr"].log is True
 
 
-def test_reference_point_is_clipped_into_ranges():
-    study = load_study_config(None, ["search.k.high=3", "search.clip_constraint.low=0.5"])
-    point = reference_point(study)
-    assert point == {"w_aesthetic": 1.0, "clip_constraint": 1.0, "k": 3}
-
-
-def test_trial_run_config_applies_params(tmp_path):
+def test_the_first_trial_is_the_base_configs_values():
+    """The reference recipe lives in one place, the YAML's base: unit weight, λ = 1, K = 5
+    (the default study's first trial, as before the search took config paths)."""
     study = load_study_config()
-    run = trial_run_config(study, {"w_aesthetic": 0.5, "clip_constraint": 0.0, "k": 2},
-                           tmp_path / "t")
+    assert reference_point(study) == {"reward.weights.aesthetic": 1.0,
+                                      "reward.clip_constraint": 1.0, "sample.k": 5}
+    assert isinstance(reference_point(study)["sample.k"], int)
+
+
+def test_trial_run_config_sets_each_searched_path(tmp_path):
+    study = load_study_config()
+    run = trial_run_config(study, {"reward.weights.aesthetic": 0.5, "reward.clip_constraint": 0.0,
+                                   "sample.k": 2}, tmp_path / "t")
     assert run.reward.weights["aesthetic"] == 0.5
     assert run.reward.clip_constraint == 0.0
     assert run.sample.k == 2
-    assert run.train.lr == study.search.lr.value
+    assert run.train.lr == study.base.train.lr  # not searched: the base's
     assert run.output_dir == str(tmp_path / "t")
 
 
-def test_define_by_run_suggests_searched_and_returns_fixed():
-    import optuna
-
+def test_a_drawn_value_goes_through_the_run_configs_validation(tmp_path):
     study = load_study_config()
+    with pytest.raises(ConfigError, match=r"sample.k: must be in \[1, num_steps=10\], got 11"):
+        trial_run_config(study, {"reward.weights.aesthetic": 0.5, "reward.clip_constraint": 0.0,
+                                 "sample.k": 11}, tmp_path / "t")
+
+
+ANY_FIELD = ("search={sample.guidance_scale: {low: 3, high: 9}, sample.num_steps: {low: 5, "
+             "high: 12}, sample.truncation: {choices: [last_k, random_k]}, "
+             "train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}, "
+             "reward.weights.hpsv2.1: {low: 0, high: 1}, model.source: {choices: [shapes, tiny]}}")
+
+
+def test_any_field_is_searched_under_its_own_name_with_its_types_distribution(tmp_path):
+    import optuna
+    import yaml
+
+    from study.config import default_config_path
+
+    data = yaml.safe_load(default_config_path().read_text())
+    data["base"]["reward"]["weights"]["hpsv2.1"] = 0.0  # the first trial's: the YAML's to give
+    data["base"]["reward"]["sources"] = {"hpsv2.1": {"source": "/x/hps.pt"}}  # not in shapes
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(data))
+    study = load_study_config(tmp_path / "study.yaml", [ANY_FIELD])
     space = DefineByRun(study)
-    trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
-    fixed = space(trial)
-    assert fixed == {"lr": study.search.lr.value}
-    assert set(trial.params) == {"w_aesthetic", "clip_constraint", "k"}
-    assert isinstance(trial.params["k"], int)
-    low, high = study.search.k.low, study.search.k.high
-    assert low <= trial.params["k"] <= high
+    assert [(path, kind) for path, kind, *_ in space.space] == [
+        ("sample.guidance_scale", "float"), ("sample.num_steps", "int"),
+        ("sample.truncation", "categorical"), ("train.lr", "float"),
+        ("reward.weights.hpsv2.1", "float"), ("model.source", "categorical")]
+    optuna_study = optuna.create_study(directions=["maximize", "maximize"],
+                                       sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = optuna_study.ask()
+        assert space(trial) == {}
+        params = trial.params
+        assert set(params) == set(study.search)
+        assert isinstance(params["sample.num_steps"], int) and 5 <= params["sample.num_steps"] <= 12
+        assert params["sample.truncation"] in ("last_k", "random_k")
+        assert 1e-5 <= params["train.lr"] <= 1e-3
+        run = trial_run_config(study, params, "/tmp/t")
+        assert run.sample.num_steps == params["sample.num_steps"]
+        assert run.sample.truncation == params["sample.truncation"]
+        assert run.reward.weights["hpsv2.1"] == params["reward.weights.hpsv2.1"]
+        assert run.model.source == params["model.source"]
+    assert reference_point(study) == {
+        "sample.guidance_scale": 5.0, "sample.num_steps": 10, "sample.truncation": "last_k",
+        "train.lr": 1e-4, "reward.weights.hpsv2.1": 0.0, "model.source": "shapes"}
 
 
 @pytest.mark.parametrize(
@@ -63,19 +105,48 @@ def test_define_by_run_suggests_searched_and_returns_fixed():
         (["colour=blue"], "colour"),
         (["base.train.steps=abc"], "train.steps"),
         (["tuner.num_samples=two"], "tuner.num_samples"),
-        (["search.k.low=4", "search.k.high=2"], "low (4"),
-        (["search.clip_constraint.low=2", "search.clip_constraint.high=1"], "clip_constraint"),
         (["tuner.scheduler=asha"], "asha supports one objective"),
         (["tuner.sampler=grid"], "'tpe', 'nsga2', 'random'"),
-        (["search.k.high=50"], "exceeds sample.num_steps"),
-        (["search.reward_weights.beauty.low=0", "search.reward_weights.beauty.high=1"],
-         "reward_weights"),
+        # the search: each named before any trial, with the value
+        (["search.sample.k.low=4", "search.sample.k.high=2"],
+         "search.sample.k: low (4.0) > high (2.0)"),
+        (["search.sample.k.high=50"], "search.sample.k.high: 50 is refused by the run config: "
+                                      "sample.k: must be in [1, num_steps=10], got 50"),
+        (["search.sample.k.high=4.5"], "search.sample.k: an int range needs integer bounds"),
+        (["search={sample.guidance: {low: 1, high: 9}}"],
+         "search.sample.guidance: no such field of the run config; did you mean "
+         "sample.guidance_scale?"),
+        (["search={sample: {low: 1, high: 9}}"], "search.sample: a section, not a value"),
+        (["search={sample.truncation: {low: 0, high: 1}}"],
+         "search.sample.truncation: a range needs a numeric field, and this one is str: give "
+         "choices"),
+        (["search={sample.truncation: {choices: [last_k, random_q]}}"],
+         "search.sample.truncation.choices[1]: 'random_q' is refused by the run config: "
+         "sample.truncation: 'random_q' is not one of"),
+        (["search={sample.truncation: {choices: []}}"],
+         "search.sample.truncation.choices: empty: give at least one"),
+        (["search={sample.guidance_scale: {low: 6, high: 9}}"],
+         "search.sample.guidance_scale: base.sample.guidance_scale = 5.0 is the first trial "
+         "(tuner.reference_first) but lies outside this distribution"),
+        (["search={reward.weights.beauty: {low: 0, high: 1}}"],
+         "search.reward.weights.beauty.low: 0.0 is refused by the run config: reward.weights: "
+         "'beauty' is not one of"),
+        (["search={}"], "empty search space"),
+        (["base.sample.k=2"], "--set 'base.sample.k=2': base.sample.k is searched "
+                              "(search.sample.k): every trial draws its own value"),
+        (["base.sample={k: 2}"], "base.sample.k is searched"),
     ],
 )
 def test_bad_study_config_names_the_field(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_study_config(None, overrides)
     assert message in str(error.value)
+
+
+def test_without_the_base_as_first_trial_its_value_may_lie_outside():
+    study = load_study_config(None, ["search={sample.guidance_scale: {low: 6, high: 9}}",
+                                     "tuner.reference_first=false"])
+    assert set(study.search) == {"sample.guidance_scale"}
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -94,13 +165,6 @@ def test_a_nested_run_config_is_named_from_the_study(override, message):
     with pytest.raises(ConfigError) as error:
         load_study_config(None, [override])
     assert str(error.value).startswith(message), str(error.value)
-
-
-def test_empty_search_space_is_an_error():
-    fixed = ["search.reward_weights.aesthetic={value: 1.0}", "search.clip_constraint={value: 1.0}",
-             "search.k={value: 3}"]
-    with pytest.raises(ConfigError, match="empty search space"):
-        load_study_config(None, fixed)
 
 
 def test_asha_with_one_objective_is_allowed():
@@ -181,3 +245,13 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_cli_names_a_bad_search_path_before_starting_ray(tmp_path):
+    result = _sweep("--set", "search={sample.guidance: {low: 1, high: 9}}", "--results-dir",
+                    str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert ("search.sample.guidance: no such field of the run config; did you mean "
+            "sample.guidance_scale?") in result.stderr
+    assert "ray" not in result.stderr.lower().replace("array", "")  # stopped before Ray
+    assert not (tmp_path / "default").exists()

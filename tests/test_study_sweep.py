@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 from sweep_helpers import (
+    E2E_PARAMS,
     TINY,
     assert_points_match_run_folder,
     child_runs,
@@ -46,7 +47,11 @@ def test_completed_trials_are_tracked_everywhere(tiny_sweep):
         run = by_id[trial["mlflow_run_id"]]
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert {"w_aesthetic", "clip_constraint", "k", "lr"} <= set(run.data.params)
+        # each hyperparameter under its run-config path, as in the YAML and summary.json
+        assert {p for p in run.data.params if not p.startswith("base.")} == set(E2E_PARAMS)
+        assert {p: v for p, v in run.data.params.items() if not p.startswith("base.")} == {
+            p: str(v) for p, v in trial["params"].items()}
+        assert "train/k_drawn" in run.data.metrics  # the K drawn: a name no parameter takes
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][-1] == 4
         assert {"quality", "diversity", "eval/quality", "eval/diversity_lpips"} <= set(
             run.data.metrics)
@@ -76,7 +81,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
     tmp, summary, _ = tiny_sweep
     failed = [t for t in summary["trials"] if t["status"] == "ERROR"]
     assert len(failed) == 1
-    assert failed[0]["params"]["w_aesthetic"] == 1.0
+    assert failed[0]["params"]["reward.weights.aesthetic"] == 1.0  # the base's: the first trial
     assert "step 2" in (failed[0]["error"] or "")
     assert failed[0]["pareto"] is False
     client, _, children = child_runs(tmp, "e2e")

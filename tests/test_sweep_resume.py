@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from sweep_helpers import sweep_command
+from sweep_helpers import SMALL, SMALL_STUDY, sweep_command
 
 from study.config import load_study_config
 from study.resume import (
@@ -25,8 +25,7 @@ from textcraftor.configio import to_dict
 
 
 def study_data(*overrides: str) -> dict:
-    return to_dict(load_study_config(None, ["base.sample.num_steps=4", "search.k.high=2",
-                                            *overrides]))
+    return to_dict(load_study_config(SMALL_STUDY, overrides))
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -43,11 +42,11 @@ def test_only_more_trials_concurrency_and_max_failures_may_change():
     assert refused == {}
     allowed, refused = refused_changes(saved, study_data(
         "tuner.num_samples=3", "base.train.lr=3e-4", "tracking_uri=sqlite:////x/mlflow.db",
-        "fault_injection={param: k, value: 1, nan_at_step: 1}"))
+        "fault_injection={param: sample.k, value: 1, nan_at_step: 1}"))
     assert allowed == {}
     assert refused == {"tuner.num_samples": (4, 3), "base.train.lr": (1e-4, 3e-4),
                        "tracking_uri": (None, "sqlite:////x/mlflow.db"),
-                       "fault_injection": ([], [{"param": "k", "value": 1.0, "nan_at_step": 1,
+                       "fault_injection": ([], [{"param": "sample.k", "value": 1, "nan_at_step": 1,
                                                  "crash_once_at_step": 0}])}
 
 
@@ -100,8 +99,7 @@ def test_relative_sqlite_uris_are_compared_as_absolute_paths(tmp_path, monkeypat
 def test_restored_searcher_takes_the_trial_count_and_concurrency_of_the_saved_study(tmp_path):
     """Tune restores its search generator from its own state; ours then follows
     study_config.json (a resume that asked for more trials gets them)."""
-    common = ["--results-dir", str(tmp_path), "--set", "base.sample.num_steps=4",
-              "--set", "search.k.high=2",
+    common = ["--results-dir", str(tmp_path), *SMALL,
               "--set", "tuner.storage=sqlite:///" + str(tmp_path / "optuna.db")]
     study = load_study(parse_args([*common, "--num-samples", "2"]))
     study.sweep_dir.mkdir(parents=True)

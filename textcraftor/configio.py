@@ -184,6 +184,54 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str],
     return result
 
 
+def set_path(data: Mapping[str, Any], path: str, value: Any, schema: type) -> dict[str, Any]:
+    """A deep copy of plain ``data`` with ``value`` (a Python value, not YAML text) at dotted
+    ``path``, walked like an override through ``schema`` (``reward.weights.hpsv2.1``)."""
+    result = json.loads(json.dumps(dict(data)))
+    _assign(result, path.split("."), value, schema, f"{path}={value!r}")
+    return result
+
+
+def path_annotation(schema: type, path: str) -> Any:
+    """The type annotation of the field at dotted ``path`` of dataclass ``schema`` (a mapping's
+    value type for ``reward.weights.<name>``). Raises ConfigError for a path that is not a
+    field, or that ends at a section rather than a value."""
+    parts, node = path.split("."), schema
+    while True:
+        name, rest, child, _ = _next_step(parts, node)
+        if child is None:
+            raise ConfigError(f"{path}: no such field")
+        if not rest:
+            if dataclasses.is_dataclass(child) or (_mapping_args(child) is not None
+                                                    and dataclasses.is_dataclass(node)):
+                raise ConfigError(f"{path}: a section, not a value")
+            return child
+        parts, node = rest, child
+
+
+def get_path(data: Mapping[str, Any], path: str, schema: type) -> Any:
+    """The value at dotted ``path`` of plain ``data`` (walked through ``schema``, like
+    ``set_path``). Raises KeyError naming the path when ``data`` does not hold it."""
+    parts, node, kind = path.split("."), data, schema
+    while True:
+        name, rest, kind, _ = _next_step(parts, kind)
+        if not isinstance(node, Mapping) or name not in node:
+            raise KeyError(path)
+        node = node[name]
+        if not rest:
+            return node
+        parts = rest
+
+
+def leaf_paths(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted path to a value in plain nested ``data``."""
+    paths = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        paths += leaf_paths(value, name + ".") if isinstance(value, Mapping) and value else [name]
+    return paths
+
+
 def _assign(node: dict[str, Any], parts: list[str], value: Any, schema: Any, item: str) -> None:
     """Set ``value`` at ``parts`` below ``node``, whose type is ``schema`` (None: no schema)."""
     walked: list[str] = []

@@ -328,7 +328,9 @@ class TextCraftor:
         images = t.batch_size * t.grad_accum * self.world_size
         metrics = {("train/" + k if k not in ("loss", "grad_norm") and "/" not in k else k): v
                    for k, v in metrics.items()}
-        return {**metrics, "k": sum(ks) / len(ks), "step_s": elapsed,
+        # the K this step drew (random_k / x0_shortcut draw it; mean over accumulated batches):
+        # a metric name no config path can take, unlike the searched sample.k
+        return {**metrics, "train/k_drawn": sum(ks) / len(ks), "step_s": elapsed,
                 "images_per_s": images / elapsed}
 
     def _all_reduce_mean(self, values: torch.Tensor) -> list[float]:
@@ -457,7 +459,7 @@ class TextCraftor:
             self._write_metrics("step", metrics)
             self._emit(TrainEvent("step", self.step, metrics))
             progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.4g}", k=metrics["k"])
+            progress.set_postfix(loss=f"{metrics['loss']:.4g}", k=metrics["train/k_drawn"])
             done = self.step == t.steps
             if done or (t.eval_every and self.step % t.eval_every == 0):
                 last.update(self._evaluate_and_report())

@@ -1,0 +1,8 @@
+"""The MLflow tag names the sweep writes and the analysis reads (no Ray, no torch: the analysis
+imports this module alone)."""
+
+from __future__ import annotations
+
+SWEEP_TAG = "textcraftor.sweep"  # the sweep (study name) a run belongs to
+TRIAL_TAG = "textcraftor.trial_id"  # Tune's trial id of a trial's run
+KIND_TAG = "textcraftor.kind"  # sweep | baseline | trial
