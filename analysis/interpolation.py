@@ -29,31 +29,14 @@ def trial_checkpoint(run: Mapping) -> Path:
     return found[-1]
 
 
-def quality_weights_of(study: StudyRuns, sweep: str) -> dict[str, float]:
-    """The study's fixed quality weights, from the parent run's study_config.json."""
-    from study.tags import KIND_TAG, SWEEP_TAG
-
-    client = study.client()
-    experiment = client.get_experiment_by_name(study.experiment)
-    parents = client.search_runs([experiment.experiment_id],
-                                 f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'sweep'")
-    if not parents:
-        raise AnalysisError(f"sweep {sweep!r}: no parent run with study_config.json")
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(parents[0].info.run_id, "study_config.json", folder)
-        return dict(json.loads(Path(path).read_text())["objectives"]["quality_weights"])
-
-
 def evaluate_interpolation(study: StudyRuns, trial_id: str,
                            alphas: Sequence[float] = DEFAULT_ALPHAS,
                            device: str = "cpu") -> pd.DataFrame:
     """One row per alpha: quality (the study's score), each eval metric, diversity."""
     import torch
 
-    from study.trial import build_objective, quality_score
     from textcraftor.config import RunConfig
     from textcraftor.configio import from_dict
-    from textcraftor.rewards import REWARD_SCALES
     from textcraftor.trainer import TextCraftor
 
     rows = study.trials[study.trials["trial_id"] == trial_id]
@@ -64,20 +47,17 @@ def evaluate_interpolation(study: StudyRuns, trial_id: str,
     config_file = Path(run["run_dir"]) / "config.json"
     if not config_file.is_file():
         raise AnalysisError(f"trial {trial_id}: no run config at {config_file}")
+    # the trial's own config: its eval.quality_weights are the study's (eval/quality)
     config = from_dict(RunConfig, json.loads(config_file.read_text()))
-    weights = quality_weights_of(study, run["sweep"])
-    scales = {**REWARD_SCALES, **config.reward.scales}
     with tempfile.TemporaryDirectory() as scratch:  # never write into the trial's folder
         config = replace(config.with_output_dir(scratch),
                          train=replace(config.train, sample_grid=False))
-        trainer = TextCraftor(config, device=device, show_progress=False,
-                              objective=build_objective(config, weights, device))
+        trainer = TextCraftor(config, device=device, show_progress=False)
         trainer.restore(checkpoint)
         records = []
         for alpha in alphas:
             with torch.no_grad():
                 metrics = trainer.evaluate(alpha=float(alpha)).metrics
-            records.append({"alpha": float(alpha),
-                            "quality": quality_score(metrics, weights, scales),
+            records.append({"alpha": float(alpha), "quality": metrics.get("eval/quality"),
                             "diversity": metrics.get("eval/diversity_lpips"), **metrics})
     return pd.DataFrame(records)

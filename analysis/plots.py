@@ -93,8 +93,8 @@ def objectives_vs_params(runs: pd.DataFrame, objectives: Sequence[str],
 def training_curves(steps: pd.DataFrame, runs: pd.DataFrame,
                     keys: Sequence[str] = ("loss", "quality", "diversity")) -> Figure:
     """Per-step metrics of the Pareto trials (every finished trial if none is Pareto). The
-    study's objectives (fixed weights), not ``eval/quality`` (each trial's own weights), so the
-    curves and the baseline share one scale."""
+    study's objectives (fixed weights), not ``eval/train_objective`` (each trial's own
+    weights), so the curves and the baseline share one scale."""
     chosen = runs[(runs["kind"] == "trial") & runs["pareto"]]
     if chosen.empty:
         chosen = runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")]

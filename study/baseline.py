@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,23 @@ from textcraftor.configio import from_dict, to_dict
 BASELINE_ID = "baseline"
 
 
-def evaluate_untuned(run: dict[str, Any], quality_weights: Mapping[str, float],
-                     torch_threads: int) -> dict[str, Any]:
+def evaluate_untuned(run: dict[str, Any], torch_threads: int) -> dict[str, Any]:
     """Evaluate the base pipeline at step 0 (on whichever node Ray chose); returns {"metrics",
     "grid_png": PNG bytes, "table": the per-prompt table} for the driver to store and log."""
     import torch
 
-    from study.trial import build_objective, quality_score
     from textcraftor.config import RunConfig
-    from textcraftor.rewards import REWARD_SCALES
     from textcraftor.trainer import TextCraftor, save_grid
 
     torch.set_num_threads(torch_threads)
     config = from_dict(RunConfig, run)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    trainer = TextCraftor(config, device=device, show_progress=False,
-                          objective=build_objective(config, quality_weights, device))
+    trainer = TextCraftor(config, device=device, show_progress=False)
     result = trainer.evaluate()
     with tempfile.TemporaryDirectory() as folder:
         grid_png = save_grid(result, Path(folder) / "grid.png").read_bytes()
-    scales = {**REWARD_SCALES, **config.reward.scales}
     metrics = dict(result.metrics)
-    metrics["quality"] = quality_score(metrics, quality_weights, scales)
+    metrics["quality"] = metrics.get("eval/quality", math.nan)  # eval.quality_weights: the study's
     metrics["diversity"] = metrics.get("eval/diversity_lpips", math.nan)
     metrics["model/text_encoder_params"] = float(
         sum(p.numel() for p in trainer.pipeline.text_encoder.parameters()))
@@ -55,15 +49,16 @@ def run_baseline(study: StudyConfig, tracker) -> str | None:
     if existing is not None and existing.info.status == "FINISHED":
         return existing.info.run_id
     run_dir = study.sweep_dir / BASELINE_ID
-    run = study.base.with_output_dir(run_dir)
+    from study.space import study_run_config
+
+    run = study_run_config(study).with_output_dir(run_dir)  # scored with the study's weights
     run_id = tracker.safely(lambda: tracker.child(BASELINE_ID, {"base": to_dict(study.base)},
                                                   kind="baseline"))
     r = study.resources
     task = ray.remote(evaluate_untuned).options(
         num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_retries=0)
     try:
-        out = ray.get(task.remote(to_dict(run), dict(study.objectives.quality_weights),
-                                  r.torch_threads or max(1, int(r.cpus_per_worker))))
+        out = ray.get(task.remote(to_dict(run), r.torch_threads or max(1, int(r.cpus_per_worker))))
     except Exception as error:  # recorded; the trials still run
         message = str(error)[-4000:]
         if run_id is not None:

@@ -283,6 +283,10 @@ class StudyConfig:
         require(self.tuner.scheduler != "asha" or len(self.objectives.names) == 1,
                 "tuner.scheduler", "asha supports one objective only; use fifo with two")
         check_search(self.search, self.base, self.tuner.reference_first)
+        own = dict(self.base.eval.quality_weights)
+        require(not own or own == dict(self.objectives.quality_weights),
+                "base.eval.quality_weights", f"{own} differs from objectives.quality_weights: "
+                "a study scores every run with its objectives.quality_weights; leave it unset")
         require("diversity" not in self.objectives.names or self.base.eval.diversity,
                 "objectives.names", "diversity needs base.eval.diversity=true")
         faults = self.fault_injection

@@ -50,11 +50,18 @@ def reference_point(study: StudyConfig) -> dict[str, Any]:
     return point
 
 
+def study_run_config(study: StudyConfig) -> RunConfig:
+    """``base`` as every run of the study evaluates it: its quality score (eval/quality, per
+    image and per prompt) with the study's fixed ``objectives.quality_weights``."""
+    return replace(study.base, eval=replace(study.base.eval,
+                                            quality_weights=study.objectives.quality_weights))
+
+
 def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: str | Path
                      ) -> RunConfig:
-    """The RunConfig one trial trains with: ``base`` with the trial's value at each searched
-    path, validated like a YAML value (ConfigError naming the field)."""
-    data = to_dict(study.base)
+    """The RunConfig one trial trains with: ``study_run_config`` with the trial's value at each
+    searched path, validated like a YAML value (ConfigError naming the field)."""
+    data = to_dict(study_run_config(study))
     for path in study.search:
         data = set_path(data, path, params[path], RunConfig)
     run = from_dict(RunConfig, data)

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,11 @@ def make_searcher(study: StudyConfig):
         study_name=study.name,
         points_to_evaluate=[reference_point(study)] if t.reference_first else None,
     )
+    # the objectives by name in the storage, for optuna-dashboard and optuna.load_study
+    # (OptunaSearch created the study above; the name API is marked experimental)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.load_study(study_name=study.name, storage=storage_url).set_metric_names(names)
     return StudySearch(searcher, t.max_concurrent, study.sweep_dir)
 
 

@@ -31,13 +31,6 @@ from textcraftor.configio import from_dict, to_dict
 log = logging.getLogger(__name__)
 
 
-def quality_score(eval_metrics: Mapping[str, float], weights: Mapping[str, float],
-                  scales: Mapping[str, float]) -> float:
-    """The study's quality objective: Σ qᵢ·sᵢ·Rᵢ over held-out images with weights qᵢ fixed for
-    the whole study (so trials with different training weights stay comparable)."""
-    return sum(w * scales[n] * eval_metrics[f"eval/{n}"] for n, w in weights.items())
-
-
 class RayTrainReporter:
     """TrainEvent → ``ray.train.report`` on every rank (it is a barrier); the checkpoint from
     rank 0. Every report carries the latest objectives, as Tune's metric checks require.
@@ -50,14 +43,11 @@ class RayTrainReporter:
     started from a checkpoint. ``report``: ``ray.train.report`` (a test passes a list's
     append-like sink)."""
 
-    def __init__(self, rank: int, quality_weights: Mapping[str, float],
-                 scales: Mapping[str, float], trial_started_at: float, report_every: int = 10,
+    def __init__(self, rank: int, trial_started_at: float, report_every: int = 10,
                  report: Callable[..., None] | None = None):
         self.rank = rank
         self.report = report or ray.train.report
         self.attempt = uuid.uuid4().hex  # this worker group's id (rank 0's is the one Tune sees)
-        self.quality_weights = dict(quality_weights)
-        self.scales = dict(scales)
         self.objectives = {"quality": math.nan, "diversity": math.nan}
         self.trial_started_at = trial_started_at
         # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins;
@@ -82,8 +72,9 @@ class RayTrainReporter:
         if event.kind == "end":
             self.timing["peak_memory_mb"] = peak_memory_mb()
         if event.kind == "eval":
-            self.objectives["quality"] = quality_score(event.metrics, self.quality_weights,
-                                                       self.scales)
+            # eval/quality: Σ qᵢ·sᵢ·Rᵢ per image with the study's fixed weights (the run's
+            # eval.quality_weights, set by study.space.trial_run_config), averaged
+            self.objectives["quality"] = event.metrics.get("eval/quality", math.nan)
             self.objectives["diversity"] = event.metrics.get("eval/diversity_lpips", math.nan)
         if event.kind == "step":
             self.buffered.append({**event.metrics, "step": event.step})
@@ -138,18 +129,6 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def build_objective(run: RunConfig, quality_weights: Mapping[str, float], device):
-    """The training objective, plus zero-weight rewards the quality score needs at evaluation."""
-    from textcraftor.objective import Objective, build_rewards
-
-    weights = dict(run.reward.active())
-    for name in quality_weights:
-        weights.setdefault(name, 0.0)
-    rewards = build_rewards(run.reward, run.model.source, run.model.cache_dir, names=weights,
-                            device=device)
-    return Objective(rewards, weights, run.reward.scales)
-
-
 def worker_node_ids(world_size: int) -> str:
     """The Ray node of every rank (a collective: every rank calls it), distinct, rank order."""
     import torch.distributed as dist
@@ -166,7 +145,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
     import torch
 
-    from textcraftor.rewards import REWARD_SCALES
     from textcraftor.trainer import NonFiniteLossError, TextCraftor
 
     run = from_dict(RunConfig, loop_config["run"])
@@ -174,17 +152,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config["torch_threads"])
     device = ray.train.torch.get_device()
-    quality_weights = loop_config["quality_weights"]
-    scales = {**REWARD_SCALES, **run.reward.scales}
-    reporter = RayTrainReporter(rank, quality_weights, scales, loop_config["trial_started_at"])
+    reporter = RayTrainReporter(rank, loop_config["trial_started_at"])
     reporter.worker_nodes = worker_node_ids(world)
     callback = reporter
     if loop_config.get("crash_once_at_step"):
         callback = crash_once_before_checkpoint(reporter, loop_config["crash_once_at_step"],
                                                 Path(loop_config["crash_marker"]), rank)
+    # the objective: run's active rewards, plus eval.quality_weights' at weight 0 (evaluated,
+    # never run in a training step)
     trainer = TextCraftor(run, callback=callback,
-                          rank=rank, world_size=world, device=device, show_progress=False,
-                          objective=build_objective(run, quality_weights, device))
+                          rank=rank, world_size=world, device=device, show_progress=False)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -211,7 +188,6 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         train_worker,
         train_loop_config={
             "run": to_dict(run),
-            "quality_weights": dict(config.objectives.quality_weights),
             "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
             "trial_started_at": time.time(),
             "crash_once_at_step": crash,  # testing (FaultInjection): once per sweep

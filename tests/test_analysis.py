@@ -72,6 +72,26 @@ def test_category_breakdown_covers_the_heldout_categories(store):
     assert table["diversity_lpips"].gt(0).all()
 
 
+def test_per_category_quality_averages_to_each_runs_quality_objective(store):
+    """The per-prompt table's quality is the study's (fixed weights, the same for every run),
+    so each run's category means, weighted by their prompt counts, give its quality objective
+    (before, they were each run's own training objective: 112 and 149 beside 58.97)."""
+    uri, _, _ = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    prompts = prompt_table(study)
+    table = by_category(prompts)
+    counts = prompts.assign(category=prompts["category"].fillna("(none)")).groupby(
+        ["trial_id", "category"]).size().rename("count").reset_index()
+    table = table.merge(counts, on=["trial_id", "category"])
+    finished = study.runs[study.runs["status"] == "FINISHED"]
+    assert len(finished) == 3  # the baseline and two trials
+    for _, run in finished.iterrows():
+        own = table[table["trial_id"] == run["trial_id"]]
+        weighted = (own["quality"] * own["count"]).sum() / own["count"].sum()
+        assert weighted == pytest.approx(run["quality"], rel=1e-5), run["trial_id"]
+        assert "train_objective" in prompts.columns
+
+
 def test_bad_input_is_named(tmp_path):
     uri = f"sqlite:///{tmp_path / 'other.db'}"
     client = mlflow.tracking.MlflowClient(uri)

@@ -200,4 +200,4 @@ def test_train_cli_trains_hpsv2_1(run_module, small_overrides, tmp_path):
     assert set(step) >= {"loss", "train/hpsv2.1"} and "train/aesthetic" not in step
     # λ = 0: the loss is −w·s·R of the one reward
     assert step["loss"] == pytest.approx(-0.5 * 100 * step["train/hpsv2.1"], rel=1e-5)
-    assert "eval/hpsv2.1" in evaluation and "eval/quality" in evaluation
+    assert "eval/hpsv2.1" in evaluation and "eval/train_objective" in evaluation

@@ -24,7 +24,7 @@ def test_base_model_is_its_own_reference_and_training_moves_away(make_trainer):
     assert abs(m["eval/fid"]) < 1e-4 and abs(m["eval/cmmd"]) < 1e-4
     assert abs(m["eval/kid"]) < 5e-3  # unbiased estimator: ≈ 0, slightly negative at small N
     assert m["eval/diversity_lpips"] > 0 and m["eval/diversity_clip"] > 0
-    for name in ("eval/aesthetic", "eval/clip", "eval/quality"):  # clip scored although λ = 0
+    for name in ("eval/aesthetic", "eval/clip", "eval/train_objective"):  # clip although λ = 0
         assert name in m
     trainer.fit()
     after = trainer.evaluate().metrics
@@ -43,7 +43,9 @@ def test_per_prompt_table_carries_categories_and_lands_in_the_checkpoint(make_tr
     rows = table["prompts"]
     assert [r["prompt"] for r in rows] == [p.text for p in trainer.split.heldout]
     assert all(r["category"] for r in rows)
-    assert {"aesthetic", "clip", "quality", "diversity_lpips", "diversity_clip"} <= set(rows[0])
+    assert {"aesthetic", "clip", "train_objective", "diversity_lpips", "diversity_clip"} <= set(
+        rows[0])
+    assert "quality" not in rows[0]  # no eval.quality_weights: no fixed-weight quality score
     inside = run_dir / "checkpoints" / "step_0000001"
     assert json.loads((inside / "eval.json").read_text()) == table
     assert (inside / "samples.png").is_file()
@@ -75,3 +77,33 @@ def test_too_few_images_for_kid_names_the_minimum(make_trainer, make_config):
     result = trainer.evaluate()
     with pytest.raises(ValueError, match="at least 2 images"):
         trainer.evaluator(result.images, {}, result.prompts, result.seeds, (), one)
+
+
+def test_quality_weights_score_every_image_with_fixed_weights_and_never_train(make_trainer,
+                                                                                 monkeypatch):
+    """eval.quality_weights (a study's objectives.quality_weights): a reward the run does not
+    train on is loaded at weight 0, never runs in a training step, and is scored at evaluation;
+    eval/quality = Σ qᵢ·sᵢ·Rᵢ per image, averaged, beside the run's own eval/train_objective; the
+    per-prompt table carries both, and its prompts average to the run's figure."""
+    from textcraftor.rewards import REWARD_SCALES
+
+    trainer = make_trainer("eval.quality_weights={pickscore: 2}", "data.eval_seeds=[0, 1]",
+                           "data.heldout_count=3", objective=None)  # built from the config
+    assert trainer.objective.coefficients == {"aesthetic": 1.0 * REWARD_SCALES["aesthetic"],
+                                              "pickscore": 0.0}
+    calls = []
+    pickscore = trainer.objective.rewards["pickscore"]
+    original = pickscore.forward
+    monkeypatch.setattr(pickscore, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    step = trainer.train_step(1)
+    assert calls == [] and "train/pickscore" not in step  # weight 0: not run in training
+    result = trainer.evaluate()
+    assert calls  # scored at evaluation
+    m = result.metrics
+    assert m["eval/quality"] == pytest.approx(2 * REWARD_SCALES["pickscore"] * m["eval/pickscore"],
+                                              rel=1e-5)
+    assert m["eval/train_objective"] == pytest.approx(
+        REWARD_SCALES["aesthetic"] * m["eval/aesthetic"], rel=1e-5)
+    rows = result.table(0)["prompts"]
+    assert len(rows) == 3 and all({"quality", "train_objective"} <= set(r) for r in rows)
+    assert sum(r["quality"] for r in rows) / 3 == pytest.approx(m["eval/quality"], rel=1e-5)

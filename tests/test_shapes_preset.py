@@ -245,7 +245,7 @@ def test_prompt_vs_direct_notebook_trains_both_and_reads_the_table(tmp_path):
         str(REPO / "analysis" / "notebooks" / "05_prompt_vs_direct.ipynb"), str(out),
         kernel_name="python3", cwd=str(REPO), progress_bar=False,
         parameters={"steps": 2, "out": str(tmp_path / "cmp"),
-                    "overrides": ["data.heldout_count=2", "sample.num_steps=4",
+                    "overrides": ["data.heldout_count=2", "sample.num_steps=4", "sample.k=3",
                                   "eval.distribution=false"]})
     rows = {r["mode"]: r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())}
     assert set(rows) == {"base", "last_k", "direct"}

@@ -15,7 +15,6 @@ import pytest
 
 from study.tracking import MlflowTrialCallback, SweepTracker, TrialPoints
 from study.trial import InjectedCrash, RayTrainReporter, crash_once_before_checkpoint
-from textcraftor.rewards import REWARD_SCALES
 
 
 @dataclass
@@ -70,10 +69,11 @@ def test_restarted_worker_group_leaves_one_point_per_step_equal_to_the_run_folde
     trial = TuneTrial("t1")
     callback.on_trial_start(0, [], trial)
     sent: list[dict] = []
-    overrides = ("train.steps=6", "train.eval_every=2", "train.save_every=2")
+    overrides = ("train.steps=6", "train.eval_every=2", "train.save_every=2",
+                 "eval.quality_weights={aesthetic: 1}")  # as a study sets it: eval/quality
 
     def reporter(resumed_from: int | None = None) -> RayTrainReporter:
-        made = RayTrainReporter(0, {"aesthetic": 1.0}, REWARD_SCALES, time.time(),
+        made = RayTrainReporter(0, time.time(),
                                 report=tune_sink(callback, trial, sent))
         if resumed_from is not None:
             made.timing["resumed_from_step"] = float(resumed_from)

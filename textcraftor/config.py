@@ -206,8 +206,17 @@ class EvalConfig:
     kid_subset_size: int = 100  # KID subset size (capped at the number of images)
     oracle: str = "auto"  # ShapesWorld oracle accuracy (eval/oracle_*): on | off | auto: on for
     #                       the shapes preset
+    quality_weights: Mapping[str, float] = field(  # qᵢ of the quality score Σ qᵢ·sᵢ·Rᵢ, per image
+        default_factory=lambda: _frozen_mapping({}))  # (eval/quality, the per-prompt quality):
+    #   fixed weights, the same for every run compared (a study's objectives.quality_weights);
+    #   empty: no quality score, only the run's own training objective (eval/train_objective)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "quality_weights", _frozen_mapping(self.quality_weights))
+        require_finite("eval", self)
+        for name, weight in self.quality_weights.items():
+            require_choice(name, "eval.quality_weights", QUALITY_REWARDS)
+            require(weight >= 0, f"eval.quality_weights.{name}", f"must be >= 0, got {weight}")
         require_choice(self.lpips_trunk, "eval.lpips_trunk", LPIPS_TRUNKS)
         require_choice(self.oracle, "eval.oracle", ORACLE)
         require_choice(self.features, "eval.features", IMAGE_FEATURES)

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalResult:
-    metrics: dict[str, float]  # eval/<reward>, eval/quality, eval/diversity_*, eval/fid, eval/kid…
+    metrics: dict[str, float]  # eval/<reward>, eval/train_objective, eval/quality (with
+    #                            eval.quality_weights), eval/diversity_*, eval/fid, eval/kid…
     images: torch.Tensor  # [P*S, 3, H, W] in [0,1], prompt-major (all seeds of prompt 0 first)
     prompts: tuple[str, ...]  # the held-out prompts, P
     seeds: tuple[int, ...]  # the evaluation seeds, S
@@ -145,13 +146,17 @@ class Evaluator:
         return self._clip_features
 
     def rewards(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """{reward: [B]} for every reward of the objective, the CLIP score, and quality."""
-        _, scores = self.objective(images, prompts)
+        """{reward: [B]} for every reward of the objective and the CLIP score; train_objective
+        (Σ wᵢ·sᵢ·Rᵢ, the run's own weights) and, with eval.quality_weights, quality (Σ qᵢ·sᵢ·Rᵢ,
+        fixed weights: the same for every run compared)."""
+        scores = self.objective.score(images, prompts)  # zero-weight rewards too
         if "clip" not in scores:
             scores["clip"] = self.clip(images, prompts)
         scores = {k: v.float() for k, v in scores.items()}
-        scores["quality"] = self.objective.quality(
-            {k: scores[k] for k in self.objective.coefficients}).float()
+        scores["train_objective"] = self.objective.train_objective(scores).float()
+        if self.config.eval.quality_weights:
+            scores["quality"] = self.objective.weighted(
+                scores, self.config.eval.quality_weights).float()
         return scores
 
     def __call__(self, images: torch.Tensor, scores: dict[str, torch.Tensor],

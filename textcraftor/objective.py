@@ -33,9 +33,13 @@ class Objective(nn.Module):
             raise ValueError(f"no reward model for weight(s) {sorted(missing)}")
         self.names: tuple[str, ...] = tuple(weights)
         self.models = nn.ModuleList(rewards[name] for name in self.names)
-        scales = {**REWARD_SCALES, **(scales or {})}
+        self.scales = {**REWARD_SCALES, **(scales or {})}  # sᵢ of every reward, merged once
         # w_i * s_i per reward, in a fixed order
-        self.coefficients = {name: float(w) * float(scales[name]) for name, w in weights.items()}
+        self.coefficients = {name: float(w) * float(self.scales[name])
+                             for name, w in weights.items()}
+        self.trained = tuple(name for name in self.names if self.coefficients[name] != 0)
+        if not self.trained:
+            raise ValueError(f"every reward weight is zero ({dict(weights)}): nothing to train")
 
     @property
     def rewards(self) -> dict[str, Reward]:
@@ -45,14 +49,30 @@ class Objective(nn.Module):
     def forward(
         self, images: torch.Tensor, prompts: Sequence[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """images: [B,3,H,W] in [0,1]. Returns (loss scalar, {name: [B] raw reward Rᵢ})."""
-        scores = {name: reward(images, prompts) for name, reward in zip(self.names, self.models)}
-        weighted = sum(c * scores[name] for name, c in self.coefficients.items())
+        """images: [B,3,H,W] in [0,1]. Returns (loss scalar, {name: [B] raw reward Rᵢ}) over
+        the rewards that carry weight (wᵢ·sᵢ ≠ 0): a zero-weight reward (one a study scores at
+        evaluation only) never runs in a training step."""
+        scores = self.score(images, prompts, self.trained)
+        weighted = sum(self.coefficients[name] * scores[name] for name in self.trained)
         return -weighted.mean(), scores
 
-    def quality(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Σ wᵢ·sᵢ·Rᵢ per image (the negative per-image loss), [B]."""
+    def score(self, images: torch.Tensor, prompts: Sequence[str],
+              names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """{name: [B] raw reward Rᵢ} of ``names`` (default: every reward, zero weights too)."""
+        chosen = self.names if names is None else names
+        rewards = self.rewards
+        return {name: rewards[name](images, prompts) for name in chosen}
+
+    def train_objective(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Σ wᵢ·sᵢ·Rᵢ per image with this run's own weights (the negative per-image loss), [B]."""
         return sum(c * scores[name] for name, c in self.coefficients.items())
+
+    def weighted(self, scores: Mapping[str, torch.Tensor],
+                 weights: Mapping[str, float]) -> torch.Tensor:
+        """Σ qᵢ·sᵢ·Rᵢ per image with fixed weights ``weights`` (eval.quality_weights: the same
+        for every run compared), with this objective's loss scales sᵢ, [B]."""
+        return sum(float(q) * float(self.scales[name]) * scores[name]
+                   for name, q in weights.items())
 
 
 def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
@@ -129,7 +149,13 @@ def build_rewards(config: RewardConfig, model_source: str, cache_dir: str | Path
 
 
 def build_objective(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
-                    device: torch.device | str = "cpu") -> Objective:
-    """Load every active reward (frozen) and combine them with the configured weights."""
-    return Objective(build_rewards(config, model_source, cache_dir, device=device),
-                     config.active(), config.scales)
+                    device: torch.device | str = "cpu",
+                    scored: Iterable[str] = ()) -> Objective:
+    """Load every active reward (frozen) and combine them with the configured weights;
+    ``scored``: rewards loaded at weight 0 as well (for ``eval.quality_weights``: scored at
+    evaluation, never run in a training step)."""
+    weights = dict(config.active())
+    for name in scored:
+        weights.setdefault(name, 0.0)
+    return Objective(build_rewards(config, model_source, cache_dir, names=weights, device=device),
+                     weights, config.scales)

@@ -256,6 +256,8 @@ def rewards_needed(config: RunConfig, extra_rewards: Mapping[str, str],
     """Every reward the run loads → the field that makes it load."""
     needed = {name: f"{prefix}reward.clip_constraint" if name == "clip"
               else f"{prefix}reward.weights.{name}" for name in config.reward.active()}
+    for name in config.eval.quality_weights:  # scored at evaluation, at weight 0
+        needed.setdefault(name, f"{prefix}eval.quality_weights.{name}")
     for name, by in extra_rewards.items():
         needed.setdefault(name, by)
     needed.setdefault("clip", f"{prefix}eval (every evaluation reports the CLIP score)")

@@ -175,8 +175,13 @@ class TextCraftor:
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision,
                                                    self.device)).to(self.device)
         set_vae_checkpointing(self.pipeline.vae, config.sample.vae_checkpointing)
-        self.objective = (objective or build_objective(config.reward, m.source, m.cache_dir,
-                                                       self.device)).to(self.device)
+        self.objective = (objective or build_objective(
+            config.reward, m.source, m.cache_dir, self.device,
+            scored=config.eval.quality_weights)).to(self.device)
+        missing = [n for n in config.eval.quality_weights if n not in self.objective.rewards]
+        if missing:
+            raise ValueError(f"eval.quality_weights.{missing[0]}: the objective passed in has no "
+                             f"{missing[0]} reward (it has {', '.join(self.objective.names)})")
         self.tokens = PromptTokenizer(self.pipeline.tokenizer, self.device)
         self.empty_ids = self.tokens([""])[0]
         self.pipeline.scheduler.set_timesteps(config.sample.num_steps, device=self.device)
