@@ -114,7 +114,7 @@ def test_float_fields_are_all_found():
     assert float_fields() == [
         "model.unet_lr", "sample.guidance_scale", "sample.eta", "reward.weights.aesthetic",
         "reward.clip_constraint", "reward.scales.aesthetic", "train.lr", "train.weight_decay",
-        "train.max_grad_norm"]
+        "train.max_grad_norm", "eval.quality_weights.aesthetic"]
 
 
 @pytest.mark.parametrize("path", float_fields())
