@@ -91,32 +91,40 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def local_server(command: list[str], url: str, timeout_s: float = 120, **popen):
+    """Start ``command`` (its own process group) and wait until ``url`` answers; yields the
+    process, stops it afterwards. RuntimeError with its output when it exits or stays silent."""
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True, **popen)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"{command[0]} exited: {server.stdout.read()}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[0]}: no answer at {url} in {timeout_s} s") \
+                        from None
+                time.sleep(0.5)
+        yield server
+    finally:
+        stop_process_group(server)
+
+
+@contextlib.contextmanager
 def mlflow_server(backend_uri: str, cwd: Path):
     """A real ``mlflow server`` on 127.0.0.1 (its own process group, job runner off); yields
     (base URL, process). Artifacts are proxied by the server into ``cwd/mlartifacts``."""
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise RuntimeError(f"mlflow server exited: {server.stdout.read()}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server: no /health in 120 s") from None
-                time.sleep(1)
+    with local_server([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                       backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers",
+                       "1"], base + "/health", cwd=cwd, env=env) as server:
         yield base, server
-    finally:
-        stop_process_group(server)
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:

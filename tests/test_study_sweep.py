@@ -214,34 +214,21 @@ def test_optuna_dashboard_shows_the_study_under_its_names(tiny_sweep):
     import sys
     import urllib.request
 
-    from sweep_helpers import E2E_PARAMS, free_port, stop_process_group
+    from sweep_helpers import E2E_PARAMS, free_port, local_server
 
     tmp, summary, _ = tiny_sweep
     dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
     assert dashboard, "optuna-dashboard is not installed (a dev dependency)"
     port = free_port()
-    server = subprocess.Popen(
-        [dashboard, f"sqlite:///{tmp / 'sweeps' / 'e2e' / 'optuna.db'}", "--host", "127.0.0.1",
-         "--port", str(port), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
     base = f"http://127.0.0.1:{port}/api/studies"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base, timeout=2) as response:
-                    studies = json.loads(response.read())["study_summaries"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, \
-                    server.stdout.read() if server.poll() is not None else "no answer in 60 s"
-                time.sleep(0.5)
+    with local_server([dashboard, f"sqlite:///{tmp / 'sweeps' / 'e2e' / 'optuna.db'}",
+                       "--host", "127.0.0.1", "--port", str(port), "--quiet"], base, 60):
+        with urllib.request.urlopen(base, timeout=10) as reply:
+            studies = json.loads(reply.read())["study_summaries"]
         (study,) = [s for s in studies if s["study_name"] == "e2e"]
         assert study["directions"] == ["maximize", "maximize"]
         with urllib.request.urlopen(f"{base}/{study['study_id']}?after=0", timeout=10) as reply:
             detail = json.loads(reply.read())
-    finally:
-        stop_process_group(server)
     assert detail["objective_names"] == ["quality", "diversity"]
     assert len(detail["trials"]) == summary["num_trials"] == 3
     for trial in detail["trials"]:
