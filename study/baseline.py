@@ -22,7 +22,8 @@ def evaluate_untuned(run: dict[str, Any], torch_threads: int) -> dict[str, Any]:
     import torch
 
     from textcraftor.config import RunConfig
-    from textcraftor.trainer import TextCraftor, save_grid
+    from textcraftor.run_folder import save_grid
+    from textcraftor.trainer import TextCraftor
 
     torch.set_num_threads(torch_threads)
     config = from_dict(RunConfig, run)

@@ -63,7 +63,7 @@ class RayTrainReporter:
         if self.buffered:
             self._send("step", step, {}, checkpoint=None)
 
-    def __call__(self, event) -> None:  # event: textcraftor.trainer.TrainEvent
+    def __call__(self, event) -> None:  # event: textcraftor.events.TrainEvent
         if event.kind == "step":
             self.timing["train_time_s"] += event.metrics["step_s"]
             if "startup_s" not in self.timing:
@@ -145,7 +145,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
     import torch
 
-    from textcraftor.trainer import NonFiniteLossError, TextCraftor
+    from textcraftor.events import NonFiniteLossError
+    from textcraftor.trainer import TextCraftor
 
     run = from_dict(RunConfig, loop_config["run"])
     context = ray.train.get_context()

@@ -59,7 +59,8 @@ def _rank(rank: int, world: int, port: int, out: str, small: tuple[str, ...]) ->
     from textcraftor.models import load_pipeline
     from textcraftor.objective import build_objective
     from textcraftor.replicas import ReplicaDivergenceError
-    from textcraftor.trainer import TextCraftor, make_unet_trainable
+    from textcraftor.trainable import make_unet_trainable
+    from textcraftor.trainer import TextCraftor
 
     def config(name, *overrides):
         return load_run_config(None, [*small, *COMMON, *overrides,

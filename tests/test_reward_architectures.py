@@ -83,8 +83,8 @@ def test_reward_preset_sd15_arch_builds_the_active_rewards_in_reward_dtype(tmp_p
 
 def test_a_reward_source_overrides_the_preset(tmp_path):
     from textcraftor.config import load_run_config
-    from textcraftor.models import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
     from textcraftor.objective import build_rewards
+    from textcraftor.shapes_weights import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
 
     folder = shapes_folder()
     config = load_run_config(None, [

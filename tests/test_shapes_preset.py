@@ -12,14 +12,10 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from textcraftor.config import ConfigError, load_run_config
-from textcraftor.models import (
-    SHAPES_WEIGHTS,
-    DamagedWeightsError,
-    load_pipeline,
-    shapes_folder,
-)
+from textcraftor.models import load_pipeline
 from textcraftor.shapes import ShapesDataset
 from textcraftor.shapes.quality import quality_score, quality_terms
+from textcraftor.shapes_weights import SHAPES_WEIGHTS, DamagedWeightsError, shapes_folder
 
 # T = 4 DDIM steps at the world's 64 px, batch 2; the world's own rewards.
 SHAPES_SMALL = (

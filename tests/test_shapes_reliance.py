@@ -9,7 +9,7 @@ import random
 import pytest
 
 from textcraftor.models import load_pipeline
-from textcraftor.shapes.pretrain import single_shape_scenes
+from textcraftor.shapes.cells import single_shape_scenes
 from textcraftor.shapes.reliance import (
     PROFILE_TIMESTEPS,
     SWAPPABLE,

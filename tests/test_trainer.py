@@ -19,7 +19,8 @@ from textcraftor.checkpoint import (
     save_checkpoint,
 )
 from textcraftor.configio import to_dict
-from textcraftor.trainer import NonFiniteLossError, TextCraftor
+from textcraftor.events import NonFiniteLossError
+from textcraftor.trainer import TextCraftor
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ def load_finetuned(pipeline: Pipeline, checkpoint: str | Path, train_unet: str =
     """Put a checkpoint's text encoder (and UNet/LoRA) into ``pipeline``; the original encoder
     stays as loaded."""
     from textcraftor.checkpoint import load_checkpoint
-    from textcraftor.trainer import load_unet_weights, make_unet_trainable
+    from textcraftor.trainable import load_unet_weights, make_unet_trainable
 
     state = load_checkpoint(checkpoint)
     if "text_encoder" in state.weights:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from textcraftor.generation import sample_images
     from textcraftor.models import load_pipeline
     from textcraftor.sampler import PromptTokenizer
-    from textcraftor.trainer import autocast_dtype
+    from textcraftor.trainable import autocast_dtype
 
     m = config.model
     pipeline = load_pipeline(m.source, m.cache_dir, m.revision)

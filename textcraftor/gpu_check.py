@@ -201,7 +201,8 @@ def fp16_skip(device: str, cache: Path) -> dict[str, Any]:
     import torch
 
     from textcraftor.config import load_run_config
-    from textcraftor.trainer import NonFiniteLossError, TextCraftor
+    from textcraftor.events import NonFiniteLossError
+    from textcraftor.trainer import TextCraftor
 
     common = ["model.source=tiny", "model.mixed_precision=fp16", "sample.resolution=32",
               "sample.num_steps=4", "sample.k=2", "train.batch_size=2", "train.lr=1e-3",

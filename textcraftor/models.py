@@ -8,7 +8,6 @@ disk; only ``sd15-random`` (multi-GB) is built in memory.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import shutil
@@ -18,11 +17,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from textcraftor.shapes_weights import shapes_folder
 from textcraftor.sources_check import model_source_problem
 from textcraftor.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
+from textcraftor.transformers_files import save_transformers_model
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ _PRESET_FILES = ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model
                  "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json",
                  "scheduler/scheduler_config.json")
 
-# The ShapesWorld base model (``python -m textcraftor.shapes.pretrain``), committed with the
-# package; TEXTCRAFTOR_SHAPES_WEIGHTS points the preset at another folder.
-SHAPES_WEIGHTS = Path(__file__).parent / "shapes" / "weights"
-SHAPES_CLIP = "clip"  # the whole small CLIP (CLIPModel), for the rewards
-SHAPES_AESTHETIC_HEAD = "aesthetic/head.safetensors"  # AestheticHead on the CLIP's embedding
-SHAPES_REBUILD = "python -m textcraftor.shapes.pretrain --out {folder}"
 
 
 @dataclass
@@ -134,18 +128,6 @@ def tiny_vae_config() -> dict:
 # --- presets -------------------------------------------------------------------------------
 
 
-def save_transformers_model(model: PreTrainedModel, folder: str | Path) -> Path:
-    """Write what ``save_pretrained`` writes (``config.json`` + ``model.safetensors``) from any
-    process. transformers 5 skips the weights on every rank but 0 once torch.distributed is
-    initialised — a preset built inside a DDP worker of rank > 0 would lack them."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
-
-
 def build_tiny_preset(folder: str | Path | None = None, seed: int = 0) -> Path:
     """Write the ``tiny`` pipeline (random weights, real classes) as a diffusers folder.
 
@@ -214,48 +196,6 @@ def build_sd15_random(
 
 
 # --- loading -------------------------------------------------------------------------------
-
-
-class DamagedWeightsError(FileNotFoundError):
-    """A preset's weight file is missing or not what was written; the message says how to
-    rebuild it."""
-
-
-def shapes_folder() -> Path:
-    """The ShapesWorld weights, every file checked against ``checksums.json``: hashed once per
-    process (~50 ms), again only when a file's size or modification time changes."""
-    folder = Path(os.environ.get("TEXTCRAFTOR_SHAPES_WEIGHTS") or SHAPES_WEIGHTS).expanduser()
-    rebuild = SHAPES_REBUILD.format(folder=folder)
-    manifest = folder / "checksums.json"
-    if not manifest.is_file():
-        raise DamagedWeightsError(f"ShapesWorld weights missing: no {manifest}; rebuild them "
-                                  f"with `{rebuild}` (about an hour on 2 CPU cores)")
-    import json
-
-    files = []
-    for name, expected in json.loads(manifest.read_text()).items():
-        path = folder / name
-        if not path.is_file():
-            raise DamagedWeightsError(f"ShapesWorld weight file missing: {path}; rebuild with "
-                                      f"`{rebuild}`")
-        stat = path.stat()
-        files.append((str(path), expected, stat.st_size, stat.st_mtime_ns))
-    _verify_checksums(tuple(files), rebuild)
-    return folder
-
-
-@functools.lru_cache(maxsize=8)
-def _verify_checksums(files: tuple[tuple[str, str, int, int], ...], rebuild: str) -> None:
-    """``files``: (path, expected SHA-256, size, mtime) — the stat fields key the cache."""
-    import hashlib
-
-    for path, expected, _, _ in files:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        if digest != expected:
-            raise DamagedWeightsError(
-                f"ShapesWorld weight file damaged: {path} (SHA-256 {digest[:12]}…, expected "
-                f"{expected[:12]}… from checksums.json); restore it with `git checkout -- "
-                f"{path}` or rebuild with `{rebuild}`")
 
 
 def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:

@@ -41,6 +41,13 @@ class Objective(nn.Module):
         if not self.trained:
             raise ValueError(f"every reward weight is zero ({dict(weights)}): nothing to train")
 
+    def require(self, names: Iterable[str], field: str) -> None:
+        """ValueError naming ``field.<name>`` for a reward this objective does not hold."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise ValueError(f"{field}.{missing[0]}: the objective passed in has no {missing[0]} "
+                             f"reward (it has {', '.join(self.names)})")
+
     @property
     def rewards(self) -> dict[str, Reward]:
         """The reward models by their names (``hpsv2.1`` as written), in the weights' order."""
@@ -104,7 +111,7 @@ def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Pat
 
 def shapes_rewards() -> dict[str, RewardSource]:
     """ShapesWorld's rewards: the aesthetic head on its CLIP, and CLIP similarity."""
-    from textcraftor.models import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
+    from textcraftor.shapes_weights import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
 
     folder = shapes_folder()
     clip = str(folder / SHAPES_CLIP)

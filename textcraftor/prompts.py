@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from textcraftor.config import DataConfig
 
 log = logging.getLogger(__name__)
 PROMPT_COLUMN_CANDIDATES = ("Prompt", "prompt", "text")
@@ -187,6 +191,17 @@ def _cell(row: list[str], index: int) -> str:
 def _require_nonempty(prompts: list[Prompt], source: str) -> list[Prompt]:
     if not prompts:
         raise ValueError(f"{source}: prompt file is empty (no prompts found)")
+    return prompts
+
+
+def run_prompts(data: DataConfig, model_source: str) -> list[Prompt]:
+    """A run's prompts: ``data.prompts`` (ShapesWorld's captions by default for the shapes
+    preset, else the bundled set); on the shapes preset, warns about prompts its oracle cannot
+    score."""
+    source = data.prompts or (SHAPES_PROMPTS if model_source == "shapes" else None)
+    prompts = load_prompts(source, column=data.column)
+    if model_source == "shapes":
+        warn_unscorable(prompts)
     return prompts
 
 

@@ -24,6 +24,7 @@ small; buckets keep the extra memory at ``BUCKET_ELEMENTS`` floats.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -94,6 +95,23 @@ class Replicas:
                 f"trained parameters differ between the {self.world_size} ranks: "
                 f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''} ({len(names)} of "
                 f"{len(self.names)}); every rank must start from and apply the same update")
+
+
+def mean_over_ranks(values: torch.Tensor) -> list[float]:
+    """``values`` averaged over the ranks (one all-reduce; as is without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values = values / dist.get_world_size()
+    return values.tolist()
+
+
+def from_first_rank(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a broadcast of a picklable object)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
 
 
 def _fingerprint(p: torch.Tensor) -> torch.Tensor:

@@ -197,6 +197,13 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return (images * 0.5 + 0.5).clamp(0, 1)
 
 
+def noise_seeds(*key: object, count: int) -> list[int]:
+    """``count`` consecutive noise seeds derived from ``key`` (e.g. seed, step, micro-batch,
+    rank): each sample of a training batch gets its own."""
+    base = random.Random(":".join(map(str, key))).getrandbits(62)
+    return [base + i for i in range(count)]
+
+
 def latent_shape(vae: AutoencoderKL, unet: UNet2DConditionModel, resolution: int):
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return (unet.config.in_channels, resolution // factor, resolution // factor)

@@ -232,7 +232,7 @@ def plan_model(plan: Plan, config: RunConfig, prefix: str) -> None:
     if m.source in ("tiny", "sd15-random"):  # built here, from configs
         return
     if m.source == "shapes":
-        from textcraftor.models import shapes_folder  # every file against its checksum, ~50 ms
+        from textcraftor.shapes_weights import shapes_folder  # every file's checksum, ~50 ms
 
         try:
             shapes_folder()

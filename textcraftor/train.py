@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     config = checked.config
     # Imported only now: torch/diffusers/transformers take ~10 s to import on a small CPU, and a
     # config mistake or a refused overwrite should be reported without that wait.
-    from textcraftor.trainer import NonFiniteLossError, TextCraftor
+    from textcraftor.events import NonFiniteLossError
+    from textcraftor.trainer import TextCraftor
 
     try:
         trainer = TextCraftor(config)

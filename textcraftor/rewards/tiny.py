@@ -27,8 +27,8 @@ import open_clip
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from ..models import save_transformers_model
 from ..tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
+from ..transformers_files import save_transformers_model
 from .aesthetic import AESTHETIC_EMBED_DIM, AestheticHead
 from .sources import RewardSource
 

@@ -45,19 +45,21 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModel
 
 from textcraftor.models import (
     CLIP_VOCAB_SIZE,
-    SHAPES_AESTHETIC_HEAD,
     Pipeline,
     load_pipeline,
-    save_transformers_model,
     sd15_scheduler,
     write_model_index,
 )
 from textcraftor.rewards.aesthetic import AestheticHead
 from textcraftor.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from textcraftor.sampler import PromptTokenizer
+from textcraftor.shapes.cells import LATENT_FACTOR, shape_mask, single_shape_scenes
 from textcraftor.shapes.quality import quality_score
-from textcraftor.shapes.world import Scene, ShapesDataset, caption_words
+from textcraftor.shapes.reliance import attribute_reliance
+from textcraftor.shapes.world import ShapesDataset, caption_words
+from textcraftor.shapes_weights import SHAPES_AESTHETIC_HEAD
 from textcraftor.tokenizer import build_clip_tokenizer
+from textcraftor.transformers_files import save_transformers_model
 
 log = logging.getLogger("textcraftor.shapes.pretrain")
 IMAGE_SIZE = 64
@@ -66,7 +68,6 @@ UNET_CHANNELS = (48, 96)
 SHAPE_WEIGHT = 8.0  # VAE loss: extra weight of shape pixels (no corner touches a shape)
 UNET_SHAPE_WEIGHT = 4.0  # UNet loss: extra weight of the latent cells a shape touches
 MIN_SNR_GAMMA = 5.0  # UNet loss: timestep weight min(SNR, γ) / SNR
-LATENT_FACTOR = 4  # pixels per latent cell along a side (three VAE blocks)
 
 
 @dataclass(frozen=True)
@@ -326,11 +327,6 @@ def shape_windows(x: torch.Tensor, weights: torch.Tensor, side: int,
             torch.stack([weight[w] for weight, w in zip(weights, windows)]))
 
 
-def shape_mask(x: torch.Tensor) -> torch.Tensor:
-    """[B,1,H,W] bool: pixels away from the background (the corner pixel's colour)."""
-    return (x - x[:, :, :1, :1]).norm(dim=1, keepdim=True) > 0.35
-
-
 def shape_weights(x: torch.Tensor) -> torch.Tensor:
     """[B,1,H,W]: 1 on the background, 1 + SHAPE_WEIGHT on shapes."""
     return 1.0 + SHAPE_WEIGHT * shape_mask(x).float()
@@ -508,8 +504,6 @@ def pretrain(config: PretrainConfig) -> Path:
     oracle = oracle_accuracy(pipeline, config.eval_prompts, config.eval_steps, config.seed,
                              grid=out / "samples.png")
     ceiling = reconstruction_accuracy(pipeline.vae, config.eval_prompts, config.seed)
-    from textcraftor.shapes.reliance import attribute_reliance
-
     reliance = attribute_reliance(pipeline, 2 * config.eval_prompts, config.seed)
     card = {"data": f"ShapesWorld seed {config.seed}, {IMAGE_SIZE} px, 1–2 shapes per image",
             "config": asdict(config),
@@ -628,16 +622,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def single_shape_scenes(count: int, seed: int) -> list[Scene]:
-    """``count`` scenes of one shape with every attribute set, deterministic from ``seed``."""
-    import random
-
-    from textcraftor.shapes.world import sample_scene
-
-    rng = random.Random(seed)
-    return [sample_scene(rng, max_shapes=1) for _ in range(count)]
 
 
 def oracle_accuracy(pipeline: Pipeline, count: int, steps: int, seed: int,

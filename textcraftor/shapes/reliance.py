@@ -27,7 +27,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.sampler import PromptTokenizer
-from textcraftor.shapes.pretrain import LATENT_FACTOR, shape_mask, single_shape_scenes
+from textcraftor.shapes.cells import LATENT_FACTOR, shape_mask, single_shape_scenes
 from textcraftor.shapes.world import (
     BACKGROUNDS,
     COLOURS,
