@@ -165,7 +165,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str],
     describes, e.g. ``RunConfig``) the key walks the dataclass fields, and a mapping field takes
     the rest of the key as one name, so names with dots work: ``reward.weights.hpsv2.1=0.5``
     sets the weight of ``hpsv2.1``. In a mapping of dataclasses (``reward.sources``,
-    ``search.reward_weights``) a last segment that names a field of the dataclass is that field
+    ``search``) a last segment that names a field of the dataclass is that field
     (``reward.sources.hpsv2.1.source=/x.pt``); otherwise the rest is the name.
 
     ``a.b.NAME=v`` sets one entry of mapping ``a.b`` and keeps the others; a mapping that the
