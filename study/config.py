@@ -109,39 +109,53 @@ def run_config_paths(base: RunConfig) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+def search_variants(search: Mapping[str, Distribution], base: RunConfig
+                    ) -> list[tuple[str, Any, RunConfig]]:
+    """The base config with each searched path at each of its choices, or at both ends of its
+    range: (path, value, run config), each built and validated as a YAML value would be.
+    Raises ConfigError naming ``search.<path>.<choices[i]|low|high>`` and the refused value."""
+    data, variants = to_dict(base), []
+    for path, distribution in search.items():
+        for sub, value in distribution.values_to_check(path_annotation(RunConfig, path)):
+            try:
+                run = from_dict(RunConfig, set_path(data, path, value, RunConfig))
+            except ConfigError as error:
+                raise ConfigError(f"search.{path}.{sub}: {value!r} is refused by the run "
+                                  f"config: {error}") from None
+            variants.append((path, value, run))
+    return variants
+
+
 def check_search(search: Mapping[str, Distribution], base: RunConfig,
                  reference_first: bool) -> None:
     """Each searched path is a run-config field, its distribution fits the field's type, every
-    choice (or both ends of the range) passes the run config's validation, and, when the base
-    values are the first trial, the base value lies in the distribution. Raises ConfigError
-    naming ``search.<path>`` (and the closest valid path for an unknown one)."""
-    data = to_dict(base)
+    choice (or both ends of the range) passes the run config's validation
+    (``search_variants``), and, when the base values are the first trial, the base value lies
+    in the distribution. Raises ConfigError naming ``search.<path>`` (and the closest valid
+    path for an unknown one)."""
     for path, distribution in search.items():
-        field_name = f"search.{path}"
         try:
             annotation = path_annotation(RunConfig, path)
         except ConfigError as error:
             close = difflib.get_close_matches(path, run_config_paths(base), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"{field_name}: {str(error).split(': ', 1)[1]} of the run "
+            raise ConfigError(f"search.{path}: {str(error).split(': ', 1)[1]} of the run "
                               f"config{hint}") from None
-        distribution.check(field_name, annotation)
-        for sub, value in distribution.values_to_check(annotation):
-            try:
-                from_dict(RunConfig, set_path(data, path, value, RunConfig))
-            except ConfigError as error:
-                raise ConfigError(f"{field_name}.{sub}: {value!r} is refused by the run "
-                                  f"config: {error}") from None
-        if reference_first:
-            try:
-                value = get_path(data, path, RunConfig)
-            except KeyError:
-                raise ConfigError(f"{field_name}: base.{path} is not set, and the base "
-                                  f"config's values are the first trial "
-                                  f"(tuner.reference_first); set base.{path}") from None
-            require(distribution.contains(value), field_name,
-                    f"base.{path} = {value!r} is the first trial (tuner.reference_first) but "
-                    f"lies outside this distribution; set base.{path} inside it")
+        distribution.check(f"search.{path}", annotation)
+    search_variants(search, base)
+    if not reference_first:
+        return
+    data = to_dict(base)
+    for path, distribution in search.items():
+        try:
+            value = get_path(data, path, RunConfig)
+        except KeyError:
+            raise ConfigError(f"search.{path}: base.{path} is not set, and the base config's "
+                              f"values are the first trial (tuner.reference_first); set "
+                              f"base.{path}") from None
+        require(distribution.contains(value), f"search.{path}",
+                f"base.{path} = {value!r} is the first trial (tuner.reference_first) but lies "
+                f"outside this distribution; set base.{path} inside it")
 
 
 @dataclass(frozen=True)

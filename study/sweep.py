@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from study.config import StudyConfig, load_study_config
+from study.config import StudyConfig, load_study_config, search_variants
 from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
 from study.resume import ResumeError, canonical_tracking_uri, check_resume
 from study.summary import pareto_table, summarize, write_summary
@@ -182,19 +182,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def searched_variants(study: StudyConfig) -> list[tuple[str, Any, RunConfig]]:
-    """The base config with each searched path at each of its choices, or at both ends of its
-    range: (path, value, run config), each valid (the study checked them when it loaded)."""
-    from textcraftor.configio import from_dict, path_annotation, set_path
-
-    data, variants = to_dict(study.base), []
-    for path, distribution in study.search.items():
-        for _, value in distribution.values_to_check(path_annotation(RunConfig, path)):
-            variants.append((path, value,
-                             from_dict(RunConfig, set_path(data, path, value, RunConfig))))
-    return variants
-
-
 def check_model_weights(study: StudyConfig) -> None:
     """Every model, reward and evaluation weight the trials will load, resolved here before Ray
     starts (textcraftor.sources_check): a missing folder, or weights neither cached nor
@@ -222,9 +209,12 @@ def check_model_weights(study: StudyConfig) -> None:
 
     check_sources(study.base, extra, prefix="base.")
     check_limits(study.base, "")
-    # every searched choice or range end, as the trial that draws it would load it
-    for path, value, run in searched_variants(study):
-        if path.startswith(("model.", "reward.")):  # the fields that pick weights
+    # every searched choice or range end, as the trial that draws it would load it; a searched
+    # weight, scale or λ changes no source beyond ``extra`` (each probe of an uncached hub
+    # file can cost seconds online, so each source plan is checked once)
+    for path, value, run in search_variants(study.search, study.base):
+        if path.startswith(("model.", "reward.")) and not path.startswith(
+                ("reward.weights.", "reward.scales.", "reward.clip_constraint")):
             check_sources(run, extra, prefix="base.")
         check_limits(run, f" (when search.{path} draws {value!r})")
 

@@ -24,6 +24,7 @@ from textcraftor.metrics import (
 from textcraftor.objective import Objective
 from textcraftor.pairs import IMAGE_SUFFIXES
 from textcraftor.rewards import Reward
+from textcraftor.sources_check import RANDOM_EVAL_PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ class Evaluator:
         self._clip_features: torch.nn.Module | None = None
 
     def _offline_defaults(self) -> bool:
-        from textcraftor.sources_check import RANDOM_EVAL_PRESETS
-
         return self.config.model.source in RANDOM_EVAL_PRESETS
 
     @property

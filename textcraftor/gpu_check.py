@@ -21,7 +21,8 @@ measured. ``--smoke`` runs the same code on the ``tiny`` preset and its tiny rew
 T = 4 on the CPU (the test suite runs it). Exit status 0 when every section ran, 1 otherwise
 (each failure's traceback is in ``errors``).
 
-Only the standard library is imported at module level: the wheels must be installed first.
+Only the standard library (and ``textcraftor.atomic``, which needs nothing else) is imported at
+module level: the wheels must be installed first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from textcraftor.atomic import write_json_atomic  # the standard library's only
 
 # What the GPU machine lacks, pinned, as ``pip download`` takes them (``make gpu-wheels``; 16 MiB).
 # Found by importing the check in a Python 3.12 venv holding only that machine's packages (torch
@@ -166,11 +169,7 @@ class Report:
 
     def write(self) -> None:
         self.data["wall_s"] = self.elapsed()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.data, handle, indent=1)
-        os.replace(staging, self.path)
+        write_json_atomic(self.path, self.data, indent=1)
 
 
 def environment() -> dict[str, Any]:
@@ -256,15 +255,14 @@ def bench_rows(plan: CheckPlan, device: str, cache: Path, report: Report) -> dic
         return bench_config(args)
 
     torch_device = torch.device(device)
-    first = config_for(plan.batches[0])
-    models = build_models(first, torch_device)
+    configs = {batch: config_for(batch) for batch in plan.batches}  # bad input before models
+    models = build_models(configs[plan.batches[0]], torch_device)
     result: dict[str, Any] = {"models": dict(models[2]), "rows": [], "skipped_rows": []}
     if torch_device.type == "cuda":
         result["models"]["resident_bytes"] = torch.cuda.memory_allocated(torch_device)
     report.data["bench"] = result
     header_done = False
-    for batch in plan.batches:
-        config = config_for(batch)
+    for batch, config in configs.items():
         vae_settings = (False, True) if batch == plan.batches[0] else (False,)
         for k in plan.ks:
             for vae in vae_settings:
