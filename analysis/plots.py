@@ -12,8 +12,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.runs import k_column
+from study.objectives import OBJECTIVE_METRICS, OBJECTIVES
 
-OBJECTIVE_KEYS = ("quality", "diversity")
+OBJECTIVE_KEYS = OBJECTIVES
 STATUS_MARKERS = {"FINISHED": "o", "FAILED": "x", "RUNNING": "^", "KILLED": "v"}
 
 
@@ -104,7 +105,7 @@ def training_curves(steps: pd.DataFrame, runs: pd.DataFrame,
             own = steps[steps["run_id"] == run["run_id"]]
             series = own[own["key"] == key]
             if key in OBJECTIVE_KEYS:  # repeated in every report: keep the evaluation points
-                evaluated = own.loc[own["key"] == "eval/quality", "step"]
+                evaluated = own.loc[own["key"] == OBJECTIVE_METRICS[key], "step"]
                 series = series[series["step"].isin(evaluated)]
             series = series.drop_duplicates("step", keep="last").sort_values("step")
             axes.plot(series["step"], series["value"], marker="." if len(series) < 10 else None,
@@ -173,10 +174,9 @@ def cost_vs_k(runs: pd.DataFrame, steps: pd.DataFrame) -> Figure:
     return figure
 
 
-def category_breakdown(table: pd.DataFrame, metrics: Sequence[str] = ("quality",
-                                                                      "diversity_lpips")
-                       ) -> Figure:
-    """Per prompt category: each metric for the baseline and each trial (grouped bars)."""
+def category_breakdown(table: pd.DataFrame, metrics: Sequence[str] = OBJECTIVE_KEYS) -> Figure:
+    """Per prompt category: each study objective for the baseline and each trial (grouped
+    bars); ``table`` is ``analysis.runs.by_category``'s."""
     present = [m for m in metrics if m in table.columns]
     categories = sorted(table["category"].unique())
     runs = list(dict.fromkeys(table["trial_id"]))

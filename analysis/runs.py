@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from study.config import OBJECTIVES
+from study.objectives import OBJECTIVES, PER_PROMPT_COLUMNS
 from study.summary import pareto_flags
 from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
 
@@ -177,12 +177,17 @@ def prompt_table(study: StudyRuns, run_ids: Sequence[str] | None = None) -> pd.D
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def by_category(prompts: pd.DataFrame, metrics: Sequence[str] = ("quality", "diversity_lpips")
-                ) -> pd.DataFrame:
-    """Mean of each metric per run and prompt category (uncategorised prompts: "(none)")."""
+def by_category(prompts: pd.DataFrame) -> pd.DataFrame:
+    """Per run and prompt category (uncategorised prompts: "(none)"): each study objective's mean
+    over the category's prompts, under the objective's name (quality, diversity), and
+    ``num_prompts`` (N). Quality is the study's (fixed weights), so a run's category means
+    weighted by num_prompts give its quality objective."""
     if prompts.empty:
         raise AnalysisError("no per-prompt evaluation tables in these runs")
-    present = [m for m in metrics if m in prompts.columns]
-    frame = prompts.assign(category=prompts["category"].fillna("(none)"))
-    return (frame.groupby(["kind", "trial_id", "category"], as_index=False)[present].mean()
-            .sort_values(["category", "kind", "trial_id"], ignore_index=True))
+    renamed = {column: name for name, column in PER_PROMPT_COLUMNS.items()
+               if column in prompts.columns}
+    frame = prompts.assign(category=prompts["category"].fillna("(none)")).rename(columns=renamed)
+    groups = frame.groupby(["kind", "trial_id", "category"])
+    table = groups[list(renamed.values())].mean()
+    table["num_prompts"] = groups.size()
+    return table.reset_index().sort_values(["category", "kind", "trial_id"], ignore_index=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
+from study.objectives import study_objectives
 from study.summary import write_summary
 from textcraftor.configio import from_dict, to_dict
 
@@ -33,8 +34,7 @@ def evaluate_untuned(run: dict[str, Any], torch_threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         grid_png = save_grid(result, Path(folder) / "grid.png").read_bytes()
     metrics = dict(result.metrics)
-    metrics["quality"] = metrics.get("eval/quality", math.nan)  # eval.quality_weights: the study's
-    metrics["diversity"] = metrics.get("eval/diversity_lpips", math.nan)
+    metrics.update(study_objectives(metrics))  # eval.quality_weights: the study's
     metrics["model/text_encoder_params"] = float(
         sum(p.numel() for p in trainer.pipeline.text_encoder.parameters()))
     metrics["model/unet_params"] = float(sum(p.numel() for p in trainer.pipeline.unet.parameters()))

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from study.objectives import OBJECTIVES
 from textcraftor.config import QUALITY_REWARDS, RunConfig
 from textcraftor.configio import (
     ConfigError,
@@ -29,7 +30,6 @@ from textcraftor.configio import (
 SAMPLERS = ("tpe", "nsga2", "random")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCHEDULERS = ("fifo", "asha")
-OBJECTIVES = ("quality", "diversity")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from study.config import StudyConfig, load_study_config, search_variants
 from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
+from study.objectives import DIRECTIONS, OBJECTIVES
 from study.resume import ResumeError, canonical_tracking_uri, check_resume
 from study.summary import pareto_table, summarize, write_summary
 from study.tracking import (
@@ -277,7 +278,7 @@ def make_searcher(study: StudyConfig):
     searcher = OptunaSearch(
         DefineByRun(study),
         metric=names if len(names) > 1 else names[0],
-        mode=["max"] * len(names) if len(names) > 1 else "max",
+        mode=[DIRECTIONS[n] for n in names] if len(names) > 1 else DIRECTIONS[names[0]],
         sampler=samplers[t.sampler](seed=t.seed),
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=study.name,
@@ -315,7 +316,8 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
     if study.tuner.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric=study.objectives.names[0], mode="max",
+        scheduler = ASHAScheduler(metric=study.objectives.names[0],
+                                  mode=DIRECTIONS[study.objectives.names[0]],
                                   time_attr="training_iteration")
     return tune.Tuner(
         make_trainable(study),
@@ -376,7 +378,7 @@ def baseline_record(tracker: SweepTracker) -> dict[str, Any] | None:
         return None
     metrics = run.data.metrics
     return {"status": run.info.status, "mlflow_run_id": run.info.run_id,
-            "objectives": {k: metrics.get(k) for k in ("quality", "diversity")},
+            "objectives": {k: metrics.get(k) for k in OBJECTIVES},
             "error": run.data.tags.get("error")}
 
 

@@ -29,7 +29,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from study.config import DEFAULT_TRACKING_URI, OBJECTIVES
+from study.config import DEFAULT_TRACKING_URI
+from study.objectives import OBJECTIVES
 from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
 from textcraftor.atomic import write_json_atomic
 

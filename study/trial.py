@@ -8,7 +8,6 @@ worker group restarts from the last one (``FailureConfig``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ import ray.train.torch
 import ray.tune
 
 from study.config import StudyConfig
+from study.objectives import study_objectives
 from study.space import trial_run_config
 from textcraftor.config import RunConfig
 from textcraftor.configio import from_dict, to_dict
@@ -48,7 +48,7 @@ class RayTrainReporter:
         self.rank = rank
         self.report = report or ray.train.report
         self.attempt = uuid.uuid4().hex  # this worker group's id (rank 0's is the one Tune sees)
-        self.objectives = {"quality": math.nan, "diversity": math.nan}
+        self.objectives = study_objectives({})  # every objective NaN until an evaluation
         self.trial_started_at = trial_started_at
         # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins;
         # peak_memory_mb (at the end): see peak_memory_mb
@@ -72,10 +72,9 @@ class RayTrainReporter:
         if event.kind == "end":
             self.timing["peak_memory_mb"] = peak_memory_mb()
         if event.kind == "eval":
-            # eval/quality: Σ qᵢ·sᵢ·Rᵢ per image with the study's fixed weights (the run's
-            # eval.quality_weights, set by study.space.trial_run_config), averaged
-            self.objectives["quality"] = event.metrics.get("eval/quality", math.nan)
-            self.objectives["diversity"] = event.metrics.get("eval/diversity_lpips", math.nan)
+            # quality reads eval/quality: the study's fixed weights (the run's
+            # eval.quality_weights, set by study.space.trial_run_config)
+            self.objectives = study_objectives(event.metrics)
         if event.kind == "step":
             self.buffered.append({**event.metrics, "step": event.step})
             if len(self.buffered) < self.report_every:

@@ -1,7 +1,7 @@
 """The TextCraftor objective  L = −Σ wᵢ·sᵢ·Rᵢ(x, p) − λ·s_clip·CLIP(x, p),  averaged over the batch.
 
 wᵢ are the user's weights (λ for the CLIP constraint), sᵢ the fixed loss scales of the reference
-code (``REWARD_SCALES``) that put the rewards on comparable magnitudes.
+code (``REWARD_SCALES``, merged with ``reward.scales`` by ``loss_scales``) that put the rewards on comparable magnitudes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from textcraftor.config import RewardConfig
-from textcraftor.rewards import REWARD_SCALES, Reward, RewardSource, load_reward
+from textcraftor.rewards import Reward, RewardSource, load_reward, loss_scales
 from textcraftor.rewards.sources import check_local_paths
 from textcraftor.rewards.tiny import build_tiny_rewards
 
@@ -33,7 +33,7 @@ class Objective(nn.Module):
             raise ValueError(f"no reward model for weight(s) {sorted(missing)}")
         self.names: tuple[str, ...] = tuple(weights)
         self.models = nn.ModuleList(rewards[name] for name in self.names)
-        self.scales = {**REWARD_SCALES, **(scales or {})}  # sᵢ of every reward, merged once
+        self.scales = loss_scales(scales)  # sᵢ of every reward
         # w_i * s_i per reward, in a fixed order
         self.coefficients = {name: float(w) * float(self.scales[name])
                              for name, w in weights.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -42,6 +42,13 @@ REWARD_SCALES: dict[str, float] = {
     "clip": 100.0,
 }
 
+
+def loss_scales(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """sᵢ of every reward: ``REWARD_SCALES`` with the run's ``reward.scales`` over it — the one
+    place the two are merged (the training loss, the evaluation's train objective and the
+    study's quality all use this)."""
+    return {**REWARD_SCALES, **(overrides or {})}
+
 _LOADERS: dict[str, Callable[[RewardSource], Reward]] = {
     "aesthetic": load_aesthetic,
     "pickscore": load_pickscore,
@@ -73,6 +80,7 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "REWARD_NAMES",
     "REWARD_SCALES",
+    "loss_scales",
     "AestheticHead",
     "AestheticReward",
     "ClipSimilarityReward",

@@ -1,0 +1,42 @@
+"""The study's objectives, in one place: what each is called, which evaluation metric it reads,
+and its direction. Every run a study compares — trials, the untuned baseline, each point of the
+interpolation dial — turns its evaluation into objectives with ``study_objectives``; the report
+reads the per-prompt tables through ``PER_PROMPT_COLUMNS``. No Ray, no torch: analysis imports it.
+
+- ``quality``: ``eval/quality``, Σ qᵢ·sᵢ·Rᵢ per image with the study's fixed
+  ``objectives.quality_weights`` qᵢ (the same for every run compared) and the rewards' loss scales
+  sᵢ (``textcraftor.rewards.loss_scales``), averaged over the held-out prompts and seeds. A run's
+  own training objective (its weights and λ·CLIP) is ``eval/train_objective``, never "quality".
+- ``diversity``: ``eval/diversity_lpips``, the mean pairwise LPIPS distance between the images
+  of one prompt over the evaluation seeds, averaged over prompts (higher = more varied; mode
+  collapse lowers it).
+
+Both are maximised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+# objective name -> the evaluation metric it is (the run's metrics key)
+OBJECTIVE_METRICS: dict[str, str] = {
+    "quality": "eval/quality",
+    "diversity": "eval/diversity_lpips",
+}
+OBJECTIVES: tuple[str, ...] = tuple(OBJECTIVE_METRICS)
+# objective name -> its column in an evaluation's per-prompt table (eval/step_N.json "prompts")
+PER_PROMPT_COLUMNS: dict[str, str] = {name: metric.removeprefix("eval/")
+                                      for name, metric in OBJECTIVE_METRICS.items()}
+DIRECTIONS: dict[str, str] = {name: "max" for name in OBJECTIVES}  # Optuna/Tune mode
+
+
+def study_objectives(metrics: Mapping[str, float]) -> dict[str, float]:
+    """{objective: value} from one evaluation's metrics ({"eval/quality": ..., ...}); an
+    objective whose metric the evaluation did not compute is NaN (e.g. diversity with
+    ``eval.diversity`` off), so a missing value is never mistaken for 0."""
+    values = {}
+    for name, metric in OBJECTIVE_METRICS.items():
+        value = metrics.get(metric)
+        values[name] = float(value) if isinstance(value, (int, float)) else math.nan
+    return values
