@@ -166,3 +166,29 @@ def model_size_reading(table: pd.DataFrame) -> str:
             f"{_fmt(small['parameters'])} parameters) gains {_fmt(small['quality_gain'])} "
             f"quality over its baseline; the largest (`{large['model']}`, "
             f"{_fmt(large['parameters'])}) gains {_fmt(large['quality_gain'])}.")
+
+
+def prompt_vs_direct(table: pd.DataFrame) -> str:
+    """What ``python -m study.compare_modes``'s table (``comparison.json``, indexed by mode, with
+    a ``base`` row) says, computed from it."""
+    base = table.loc["base"]
+    lines = []
+    for mode in (m for m in table.index if m != "base"):
+        row = table.loc[mode]
+        parts = [f"**{mode}** ({int(row['steps'])} steps, {row['train_seconds']:.0f} s of "
+                 f"training)"]
+        for metric in ("aesthetic", "clip", "oracle_all", "diversity_lpips"):
+            if pd.notna(row.get(metric)) and pd.notna(base.get(metric)):
+                parts.append(f"{metric} {base[metric]:.3f} → {row[metric]:.3f} "
+                             f"({row[metric] - base[metric]:+.3f})")
+        lines.append("- " + "; ".join(parts))
+    tuned = table.drop(index="base")
+    if len(tuned) == 2 and tuned["aesthetic"].notna().all():
+        best = tuned["aesthetic"].idxmax()
+        cheaper = tuned["train_seconds"].idxmin()
+        lines.append(f"\nOn the same number of steps, **{best}** reached the higher held-out "
+                     f"aesthetic reward; **{cheaper}** trained faster "
+                     f"({tuned['train_seconds'].min():.0f} s against "
+                     f"{tuned['train_seconds'].max():.0f} s). One run per mode (N = 1 seed): "
+                     "differences inside the evaluation noise are not evidence.")
+    return "\n".join(lines)

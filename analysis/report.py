@@ -12,7 +12,6 @@ import html
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -24,10 +23,12 @@ from analysis.runs import (
     StudyRuns,
     by_category,
     download,
+    interpolation_tables,
     latest_artifact,
     load_runs,
     prompt_table,
 )
+from textcraftor.atomic import write_text_atomic
 
 log = logging.getLogger("analysis.report")
 
@@ -40,10 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", default="textcraftor-study")
     parser.add_argument("--sweep", help="one sweep of the experiment (default: the latest)")
     parser.add_argument("--out", required=True, help="folder for report.html and figures/")
-    parser.add_argument("--interpolation", default="best",
-                        help="trial whose interpolation dial is evaluated: a trial id, 'best' "
-                        "(highest quality on the Pareto front) or 'none'")
-    parser.add_argument("--device", default="cpu", help="device for the interpolation")
     return parser.parse_args(argv)
 
 
@@ -61,9 +58,9 @@ def best_trial(study: StudyRuns) -> str | None:
     return str(front.sort_values("quality").iloc[-1]["trial_id"])
 
 
-def build_report(study: StudyRuns, out: Path, interpolation: str = "best",
-                 device: str = "cpu") -> Path:
-    """Write ``out/report.html`` and ``out/figures/*``; returns the page's path."""
+def build_report(study: StudyRuns, out: Path) -> Path:
+    """Write ``out/report.html`` and ``out/figures/*``; returns the page's path. Reads what the
+    sweep and ``python -m study.interpolation`` logged; runs no model."""
     figures = out / "figures"
     sections: list[str] = []
     runs, steps = study.runs, study.steps
@@ -101,28 +98,25 @@ def build_report(study: StudyRuns, out: Path, interpolation: str = "best",
         figure("by_category", plots.category_breakdown(categories),
                "Quality and diversity per prompt category (where collapse happens).")
         sections.append("<h2>By category</h2>" + _table(categories))
-    trial = best_trial(study) if interpolation == "best" else (
-        None if interpolation == "none" else interpolation)
-    if trial is not None:
-        from analysis.interpolation import evaluate_interpolation
-
-        try:
-            table = evaluate_interpolation(study, trial, device=device)
-        except AnalysisError as error:  # e.g. the checkpoint is gone: say so, keep the rest
-            sections.append(f"<h2>Interpolation</h2><p>not evaluated: "
-                            f"{html.escape(str(error))}</p>")
-        else:
-            figure("interpolation", plots.interpolation_curve(table, trial),
-                   f"Interpolating the original and fine-tuned encoders of trial {trial}.")
-            sections.append("<h2>Interpolation</h2>"
-                            + _table(table[["alpha", "quality", "diversity"]]))
+    dials = interpolation_tables(study)
+    if not dials:
+        sections.append("<h2>Interpolation</h2><p>not measured for this sweep: run <code>python "
+                        "-m study.interpolation --tracking-uri URI --experiment NAME</code> "
+                        "(the best trial's dial), then build the report again.</p>")
+    for trial, table in dials.items():
+        figure(f"interpolation_{trial}", plots.interpolation_curve(table, trial),
+               f"Interpolating the original and fine-tuned encoders of trial {trial} "
+               f"(N = {_n_images(table)} images per point).")
+        sections.append(f"<h2>Interpolation: trial {html.escape(trial)}</h2>" + _table(
+            table[[c for c in ("alpha", *OBJECTIVES, "num_prompts", "num_seeds")
+                   if c in table]]))
     title = f"TextCraftor study: {study.experiment}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>tracking URI <code>{html.escape(study.tracking_uri)}</code>; "
             f"{len(study.trials)} trial(s), {len(study.baseline)} baseline run(s)</p>"
             + "\n".join(sections) + "</body></html>")
-    return _write_atomic(out / "report.html", page)
+    return write_text_atomic(out / "report.html", page)
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
@@ -160,13 +154,11 @@ def _table(frame: pd.DataFrame) -> str:
                          escape=True)
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+def _n_images(table: pd.DataFrame) -> str:
+    if {"num_prompts", "num_seeds"} <= set(table.columns):
+        prompts, seeds = int(table["num_prompts"].iloc[0]), int(table["num_seeds"].iloc[0])
+        return f"{prompts * seeds}: {prompts} prompts × {seeds} seeds"
+    return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         study = load_runs(args.tracking_uri, args.experiment, args.sweep)
         if args.sweep is None and study.runs["sweep"].nunique() > 1:
             study = load_runs(args.tracking_uri, args.experiment, _newest_sweep(study))
-        path = build_report(study, Path(args.out), args.interpolation, args.device)
+        path = build_report(study, Path(args.out))
     except AnalysisError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from study.objectives import OBJECTIVES, PER_PROMPT_COLUMNS
 from study.summary import pareto_flags
-from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
+from study.tags import INTERPOLATION_ARTIFACT, KIND_TAG, SWEEP_TAG, TRIAL_TAG
 
 RUN_KINDS = ("baseline", "trial")
 # Hyperparameters are named by their run-config paths (the study's search keys), as logged
@@ -155,6 +155,22 @@ def latest_artifact(client: MlflowClient, run_id: str, folder: str) -> str | Non
 def download(client: MlflowClient, run_id: str, path: str, into: Path | None = None) -> Path:
     into = into or Path(tempfile.mkdtemp(prefix="textcraftor-analysis-"))
     return Path(client.download_artifacts(run_id, path, str(into)))
+
+
+def interpolation_tables(study: StudyRuns) -> dict[str, pd.DataFrame]:
+    """{trial_id: the quality dial table} of every trial run that has one logged
+    (``python -m study.interpolation``): one row per interpolation weight a — alpha, the study's
+    objectives, every ``eval/*`` metric, num_prompts and num_seeds (N)."""
+    client = study.client()
+    tables = {}
+    for _, run in study.trials.iterrows():
+        folder = Path(INTERPOLATION_ARTIFACT).parent.as_posix()
+        if INTERPOLATION_ARTIFACT not in [a.path for a in client.list_artifacts(run["run_id"],
+                                                                                folder)]:
+            continue
+        logged = json.loads(download(client, run["run_id"], INTERPOLATION_ARTIFACT).read_text())
+        tables[str(run["trial_id"])] = pd.DataFrame(logged["rows"])
+    return tables
 
 
 def prompt_table(study: StudyRuns, run_ids: Sequence[str] | None = None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from typing import Any
 from study.config import StudyConfig
 from study.objectives import study_objectives
 from study.summary import write_summary
+from study.tracking import log_stepped_image
 from textcraftor.configio import from_dict, to_dict
 
 BASELINE_ID = "baseline"
@@ -78,6 +79,7 @@ def run_baseline(study: StudyConfig, tracker) -> str | None:
         metrics = {k: v for k, v in out["metrics"].items() if math.isfinite(v)}
         tracker.log_metrics(run_id, metrics, step=0)
         tracker.client.log_artifact(run_id, str(grid), artifact_path="samples")
+        log_stepped_image(tracker.client, run_id, out["grid_png"], step=0)
         tracker.client.log_artifact(run_id, str(table), artifact_path="eval")
         tracker.client.set_tag(run_id, "run_dir", str(run_dir))
         tracker.finish(run_id, "FINISHED")

@@ -1,8 +1,10 @@
-"""The MLflow tag names the sweep writes and the analysis reads (no Ray, no torch: the analysis
-imports this module alone)."""
+"""The MLflow tag and artifact names the sweep writes and the analysis reads (no Ray, no torch:
+the analysis imports this module alone)."""
 
 from __future__ import annotations
 
 SWEEP_TAG = "textcraftor.sweep"  # the sweep (study name) a run belongs to
 TRIAL_TAG = "textcraftor.trial_id"  # Tune's trial id of a trial's run
 KIND_TAG = "textcraftor.kind"  # sweep | baseline | trial
+# a trial's quality dial, logged by ``python -m study.interpolation``
+INTERPOLATION_ARTIFACT = "interpolation/interpolation.json"

@@ -11,6 +11,7 @@ commits (see ``TrialPoints``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -335,7 +336,9 @@ class MlflowTrialCallback(Callback):
             # the sample grid and per-prompt table travel inside the checkpoint: one artifact
             # of each per step, samples/step_N.png and eval/step_N.json
             for inside, folder in (("samples.png", "samples"), ("eval.json", "eval")):
-                self._log_renamed(run_id, checkpoint, inside, folder, step)
+                data = self._log_renamed(run_id, checkpoint, inside, folder, step)
+                if folder == "samples" and data is not None:
+                    log_stepped_image(self.tracker.client, run_id, data, step)
             self.tracker.client.set_tag(run_id, "checkpoint", checkpoint)
         nodes = result.get("worker_nodes")
         if nodes and self._worker_nodes.get(trial.trial_id) != nodes:
@@ -343,14 +346,17 @@ class MlflowTrialCallback(Callback):
             self.tracker.client.set_tag(run_id, "worker_nodes", nodes)
 
     def _log_renamed(self, run_id: str, checkpoint: str, inside: str, folder: str,
-                     step: int) -> None:
+                     step: int) -> bytes | None:
+        """Log the checkpoint's file ``inside`` as ``folder/step_N.<ext>``; returns its bytes
+        (None when the checkpoint has no such file)."""
         data = read_storage_file(checkpoint, inside)
         if data is None:
-            return
+            return None
         with tempfile.TemporaryDirectory() as tmp:
             named = Path(tmp) / f"step_{step:07d}{Path(inside).suffix}"
             named.write_bytes(data)
             self.tracker.client.log_artifact(run_id, str(named), artifact_path=folder)
+        return data
 
     def _end(self, trial, status: str) -> None:
         """The trial finished or failed: every pending point is final."""
@@ -362,6 +368,23 @@ class MlflowTrialCallback(Callback):
             self.tracker.client.set_tag(run_id, "error",
                                         trial_error_text(trial)[:4000] or "unknown")
         self.tracker.finish(run_id, status)
+
+
+SAMPLES_IMAGE_KEY = "samples"  # the sample grids' key in MLflow's time-stepped image view
+
+
+def log_stepped_image(client, run_id: str, png: bytes, step: int,
+                      key: str = SAMPLES_IMAGE_KEY) -> None:
+    """Log a PNG as MLflow's time-stepped image (``MlflowClient.log_image(key=, step=)``), so
+    the run page's image view steps through training. Once per (key, step): a resumed sweep
+    that meets the same checkpoint again adds no second copy."""
+    from PIL import Image
+
+    stamped = f"images/{key}+step+{step}+"
+    if any(a.path.startswith(stamped) for a in client.list_artifacts(run_id, "images")):
+        return
+    with Image.open(io.BytesIO(png)) as image:
+        client.log_image(run_id, image.convert("RGB"), key=key, step=step)
 
 
 def read_storage_file(folder: str, name: str) -> bytes | None:

@@ -107,20 +107,38 @@ def test_bad_input_is_named(tmp_path):
     assert row["status"] == "RUNNING" and row["missing"] == "diversity" and not row["pareto"]
 
 
-def test_interpolation_ends_are_the_untuned_model_and_the_trial(store):
+@pytest.fixture(scope="module")
+def dial(store, run_module):
+    """``python -m study.interpolation`` on the best trial at a = 0 and 1, run once: it logs
+    the table to the trial's MLflow run, where the report and notebook 03 read it."""
+    uri, _, _ = store
+    result = run_module("study.interpolation", "--tracking-uri", uri, "--experiment", EXPERIMENT,
+                        "--sweep", "e2e", "--alphas", "0,1", timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
+
+
+def test_interpolation_ends_are_the_untuned_model_and_the_trial(store, dial, run_module):
     """a = 1 re-measures the trial's last checkpoint: it must give what the sweep logged (same
     prompts, seeds and metric networks in another process). a = 0 is the untuned model under
     the trial's own sampling settings (this sweep searches the guidance scale, T and the
     truncation, so not the baseline's): equal to the baseline only where those settings are the
-    base's."""
-    from analysis.interpolation import evaluate_interpolation
+    base's. The table is logged once: a second call measures nothing."""
+    from analysis.report import best_trial
+    from analysis.runs import interpolation_tables
 
     uri, _, summary = store
     study = load_runs(uri, EXPERIMENT, "e2e")
-    trial = study.finished.iloc[0]
-    table = evaluate_interpolation(study, trial["trial_id"], alphas=(0.0, 1.0))
+    assert dial["trial_id"] == best_trial(study)
+    tables = interpolation_tables(study)
+    assert list(tables) == [dial["trial_id"]]
+    table = tables[dial["trial_id"]]
+    assert table["alpha"].tolist() == [0.0, 1.0]
+    assert table["num_prompts"].eq(4).all() and table["num_seeds"].eq(2).all()
+    trial = study.trials[study.trials["trial_id"] == dial["trial_id"]].iloc[0]
     for column in ("quality", "diversity"):
         assert table[column].iloc[1] == pytest.approx(trial[column], abs=1e-4), column
+        assert table[column].tolist() == [row[column] for row in dial["rows"]]
     base = study.baseline.iloc[0]
     sampling = ("sample.guidance_scale", "sample.num_steps")
     first = next(t for t in summary["trials"] if t["trial_id"] == trial["trial_id"])
@@ -130,6 +148,24 @@ def test_interpolation_ends_are_the_untuned_model_and_the_trial(store):
         assert table["quality"].iloc[0] == pytest.approx(base["quality"], abs=1e-4)
     else:
         assert table["quality"].iloc[0] != pytest.approx(base["quality"], abs=1e-6)
+    again = run_module("study.interpolation", "--tracking-uri", uri, "--experiment", EXPERIMENT,
+                       "--sweep", "e2e", "--alphas", "0,1", "--trial", dial["trial_id"])
+    assert again.returncode == 0 and "logged already" in again.stderr, again.stderr[-2000:]
+    client = mlflow.tracking.MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(trial["run_id"], "interpolation")] == [
+        "interpolation/interpolation.json"]
+
+
+def test_interpolation_bad_input_is_named_before_any_model(store, run_module):
+    uri, _, _ = store
+    for args, message in (
+            (["--alphas", "0,1.5"], "--alphas: 1.5 lies outside [0, 1]"),
+            (["--alphas", "a,b"], "--alphas: 'a,b' is not a comma-separated list"),
+            (["--trial", "nope"], "--trial: no trial 'nope'; trials: ["),
+            (["--sweep", "other"], "--sweep: no trial runs of sweep 'other'")):
+        result = run_module("study.interpolation", "--tracking-uri", uri, "--experiment",
+                            EXPERIMENT, "--sweep", "e2e", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
 
 
 def chromium_image_check(report: Path) -> dict:
@@ -152,7 +188,7 @@ def chromium_image_check(report: Path) -> dict:
     return json.loads(found.group(1).replace("&quot;", '"'))
 
 
-def test_report_opens_in_chromium_with_every_image(store, run_module, tmp_path):
+def test_report_opens_in_chromium_with_every_image(store, dial, run_module, tmp_path):
     uri, _, _ = store
     out = tmp_path / "report"
     result = run_module("analysis.report", "--tracking-uri", uri, "--experiment", EXPERIMENT,
@@ -160,7 +196,7 @@ def test_report_opens_in_chromium_with_every_image(store, run_module, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     page = (out / "report.html").read_text()
     for figure in ("quality_vs_diversity", "objectives_vs_params", "training_curves",
-                   "cost_vs_k", "samples", "by_category", "interpolation"):
+                   "cost_vs_k", "samples", "by_category", f"interpolation_{dial['trial_id']}"):
         assert (out / "figures" / f"{figure}.png").is_file(), figure
         assert (out / "figures" / f"{figure}.svg").is_file(), figure
         assert f"figures/{figure}.png" in page
@@ -182,7 +218,7 @@ def test_report_on_unknown_experiment_fails_clearly(store, run_module, tmp_path)
 NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("0[1-4]_*.ipynb"))
 
 
-def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, tmp_path):
+def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, dial, tmp_path):
     import nbformat
     import papermill
 
@@ -230,12 +266,28 @@ def test_mlflow_server_serves_the_sweep_over_rest(store):
             with urllib.request.urlopen(f"{base}/get-artifact?path=samples/step_0000004.png"
                                         f"&run_uuid={run_id}", timeout=30) as response:
                 assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+            # MLflow's time-stepped images (log_image key/step): the run page's image view
+            # steps through the grids; one image per checkpoint step, none twice (the
+            # restarted worker group meets step 4's checkpoint again)
+            images = rest(base, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=images")
+            stamped = sorted(int(f["path"].split("+step+")[1].split("+")[0])
+                             for f in images["files"] if f["path"].endswith(".png"))
+            checkpoints = sorted(int(f["path"][len("samples/step_"):-len(".png")])
+                                 for f in listed["files"])
+            assert stamped == checkpoints and 4 in stamped, (stamped, checkpoints)
+        baseline = next(r for r in runs if any(t["key"] == "textcraftor.kind" and
+                                               t["value"] == "baseline" for t in r["data"]["tags"]))
+        images = rest(base, "/api/2.0/mlflow/artifacts/list?run_id="
+                      f"{baseline['info']['run_id']}&path=images")
+        assert [f["path"].split("+")[:3] for f in images["files"]
+                if f["path"].endswith(".png")] == [["images/samples", "step", "0"]]
 
 
-def test_the_report_reads_what_the_sweep_wrote_with_ray_and_torch_unimportable(store, tmp_path):
+def test_the_report_reads_what_the_sweep_wrote_with_ray_and_torch_unimportable(store, dial,
+                                                                               tmp_path):
     """analysis/ reads MLflow and summary files only: with ``ray`` and ``torch`` made
-    unimportable, the report of a finished sweep (without the interpolation dial, which runs a
-    model) is built."""
+    unimportable, the report of a finished sweep, the interpolation dial included (measured by
+    ``study.interpolation`` and read from MLflow), is built."""
     import sys
 
     uri, _, _ = store
@@ -243,11 +295,12 @@ def test_the_report_reads_what_the_sweep_wrote_with_ray_and_torch_unimportable(s
     code = ("import sys; sys.modules['ray'] = None; sys.modules['torch'] = None; "
             "from analysis.report import main; "
             f"sys.exit(main(['--tracking-uri', {uri!r}, '--experiment', {EXPERIMENT!r}, "
-            f"'--out', {str(out)!r}, '--interpolation', 'none']))")
+            f"'--out', {str(out)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-4000:]
     page = (out / "report.html").read_text()
     assert "Pareto front" in page and "By category" in page
+    assert f"Interpolation: trial {dial['trial_id']}" in page
     for name in E2E_PARAMS:
         assert f"<th>{name}</th>" in page, name

@@ -227,7 +227,9 @@ def test_direct_mode_needs_pairs_outside_the_shapes_world():
 
 
 @pytest.mark.slow
-def test_prompt_vs_direct_notebook_trains_both_and_reads_the_table(tmp_path):
+def test_compare_modes_trains_both_and_the_notebook_reads_the_table(tmp_path, run_module):
+    """``python -m study.compare_modes`` trains both runs and writes comparison.json; notebook
+    05 reads that table and the runs' grids and runs no model."""
     import json
     import os
 
@@ -235,16 +237,14 @@ def test_prompt_vs_direct_notebook_trains_both_and_reads_the_table(tmp_path):
     import papermill
     from conftest import REPO
 
-    os.environ["PYTHONPATH"] = str(REPO)
-    out = tmp_path / "05.ipynb"
-    papermill.execute_notebook(
-        str(REPO / "analysis" / "notebooks" / "05_prompt_vs_direct.ipynb"), str(out),
-        kernel_name="python3", cwd=str(REPO), progress_bar=False,
-        parameters={"steps": 2, "out": str(tmp_path / "cmp"),
-                    "overrides": ["data.heldout_count=2", "sample.num_steps=4", "sample.k=3",
-                                  "eval.distribution=false"]})
+    overrides = ["data.heldout_count=2", "sample.num_steps=4", "sample.k=3",
+                 "eval.distribution=false"]
+    result = run_module("study.compare_modes", "--out", str(tmp_path / "cmp"), "--steps", "2",
+                        *[a for o in overrides for a in ("--set", o)], timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
     rows = {r["mode"]: r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())}
     assert set(rows) == {"base", "last_k", "direct"}
+    assert {r["mode"] for r in json.loads(result.stdout)} == set(rows)
     for mode in ("last_k", "direct"):
         assert rows[mode]["steps"] == 2 and rows[mode]["train_seconds"] > 0
         assert 0 <= rows[mode]["oracle_all"] <= 1 and rows[mode]["aesthetic"] is not None
@@ -252,7 +252,15 @@ def test_prompt_vs_direct_notebook_trains_both_and_reads_the_table(tmp_path):
     base = [json.loads((tmp_path / "cmp" / m / "eval" / "step_0000000.json").read_text())
             for m in ("last_k", "direct")]
     assert base[0]["prompts"] == base[1]["prompts"]
+
+    os.environ["PYTHONPATH"] = str(REPO)
+    out = tmp_path / "05.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "analysis" / "notebooks" / "05_prompt_vs_direct.ipynb"), str(out),
+        kernel_name="python3", cwd=str(REPO), progress_bar=False,
+        parameters={"out": str(tmp_path / "cmp")})
     code = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
     reading = [o for o in code[-1].outputs if "text/markdown" in o.get("data", {})]
     assert reading and "direct" in reading[0]["data"]["text/markdown"]
+    assert f"{rows['direct']['aesthetic']:.3f}" in reading[0]["data"]["text/markdown"]
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)

@@ -1,7 +1,8 @@
 """The TextCraftor objective  L = −Σ wᵢ·sᵢ·Rᵢ(x, p) − λ·s_clip·CLIP(x, p),  averaged over the batch.
 
 wᵢ are the user's weights (λ for the CLIP constraint), sᵢ the fixed loss scales of the reference
-code (``REWARD_SCALES``, merged with ``reward.scales`` by ``loss_scales``) that put the rewards on comparable magnitudes.
+code (``REWARD_SCALES``, merged with ``reward.scales`` by ``loss_scales``) that put the rewards
+on comparable magnitudes.
 """
 
 from __future__ import annotations

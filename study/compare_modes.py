@@ -6,9 +6,11 @@ and seeds by sampling from noise; only the training signal differs:
 - prompt-based (``last_k``): sample from noise, gradient through the last K DDIM steps;
 - direct (``direct``): a real paired image noised to t, x̂0 predicted in one step.
 
-``python -m analysis.compare_modes --out DIR [--steps N] [--modes last_k,direct]
-[--set key=value ...]`` prints the table as JSON and writes it to ``DIR/comparison.json``; with
-one mode it is a single run against the base model.
+``python -m study.compare_modes --out DIR [--steps N] [--modes last_k,direct]
+[--set key=value ...]`` trains the runs, prints the table as JSON and writes it atomically to
+``DIR/comparison.json`` (each run's folder beside it: ``DIR/<mode>/``); with one mode it is a
+single run against the base model. Notebook ``05_prompt_vs_direct`` reads that file and runs no
+model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from textcraftor.atomic import write_text_atomic
 
 # On top of the default study's base run (study/configs/default.yaml: ShapesWorld): evaluate at
 # the start (the base row) and the end only, and keep the sample grids for the notebook.
@@ -61,38 +65,13 @@ def compare_modes(out: str | Path, steps: int, overrides: Sequence[str] = (),
                      "wall_seconds": round(time.perf_counter() - started, 1),
                      **{m: final.get(f"eval/{m}") for m in METRICS}})
     table = pd.DataFrame(rows).set_index("mode")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(table.reset_index().to_json(orient="records",
-                                                                     indent=2))
+    write_text_atomic(out / "comparison.json",
+                      table.reset_index().to_json(orient="records", indent=2))
     return table
 
 
-def reading(table: pd.DataFrame) -> str:
-    """What the table says, computed from it."""
-    base = table.loc["base"]
-    lines = []
-    for mode in (m for m in table.index if m != "base"):
-        row = table.loc[mode]
-        parts = [f"**{mode}** ({int(row['steps'])} steps, {row['train_seconds']:.0f} s of "
-                 f"training)"]
-        for metric in ("aesthetic", "clip", "oracle_all", "diversity_lpips"):
-            if pd.notna(row.get(metric)) and pd.notna(base.get(metric)):
-                parts.append(f"{metric} {base[metric]:.3f} → {row[metric]:.3f} "
-                             f"({row[metric] - base[metric]:+.3f})")
-        lines.append("- " + "; ".join(parts))
-    tuned = table.drop(index="base")
-    if len(tuned) == 2 and tuned["aesthetic"].notna().all():
-        best = tuned["aesthetic"].idxmax()
-        cheaper = tuned["train_seconds"].idxmin()
-        lines.append(f"\nOn the same number of steps, **{best}** reached the higher held-out "
-                     f"aesthetic reward; **{cheaper}** trained faster "
-                     f"({tuned['train_seconds'].min():.0f} s against "
-                     f"{tuned['train_seconds'].max():.0f} s).")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.compare_modes",
+    parser = argparse.ArgumentParser(prog="python -m study.compare_modes",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for both runs and the table")
@@ -104,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table = compare_modes(args.out, args.steps, args.overrides, args.modes.split(","))
     print(json.dumps(json.loads(table.reset_index().to_json(orient="records")), indent=2))
-    print(reading(table))
     return 0
 
 
