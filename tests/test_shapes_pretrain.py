@@ -13,22 +13,20 @@ import torch.nn.functional as F
 
 from textcraftor.models import load_pipeline, sd15_scheduler
 from textcraftor.sampler import PromptTokenizer
-from textcraftor.shapes.pretrain import (
-    MIN_SNR_GAMMA,
-    UNET_SHAPE_WEIGHT,
-    PretrainConfig,
-    batches,
-    main,
-    pretrain,
-    run_stage,
-    shape_weights,
-    shape_windows,
-    stage_clock,
+from textcraftor.shapes.pretrain import main, pretrain
+from textcraftor.shapes.pretraining.clip_stage import (
     train_clip,
-    unet_loss_weights,
     word_classes,
     word_identity_loss,
 )
+from textcraftor.shapes.pretraining.config import PretrainConfig
+from textcraftor.shapes.pretraining.loop import batches, run_stage, stage_clock
+from textcraftor.shapes.pretraining.unet_stage import (
+    MIN_SNR_GAMMA,
+    UNET_SHAPE_WEIGHT,
+    unet_loss_weights,
+)
+from textcraftor.shapes.pretraining.vae_stage import shape_weights, shape_windows
 from textcraftor.shapes.world import ShapesDataset, caption, describe, sample_scene
 from textcraftor.tokenizer import build_clip_tokenizer
 
