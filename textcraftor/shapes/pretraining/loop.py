@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from textcraftor.shapes.pretraining.config import PretrainConfig
 from textcraftor.shapes.world import ShapesDataset
@@ -43,14 +44,13 @@ def stage_clock(config: PretrainConfig) -> Clock:
     return Clock(config.max_minutes - config.final_minutes)
 
 
-def schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100):
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    def factor(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / warmup
-        progress = (i - warmup) / max(steps - warmup, 1)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100,
+             ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 to the peak over ``warmup`` steps, then cosine decay to a tenth of
+    the peak at ``steps`` (transformers' schedule). The committed weights were trained with a
+    hand-written one whose warm-up started at 1/``warmup`` of the peak (DESIGN.md)."""
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=warmup,
+                                                       num_training_steps=steps, min_lr_rate=0.1)
 
 
 def adamw(module: torch.nn.Module, lr: float, steps: int, weight_decay: float = 0.01):
