@@ -4,6 +4,7 @@ on-disk layout that the one pipeline loader reads, and the card records what hap
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 
@@ -13,22 +14,20 @@ import torch.nn.functional as F
 
 from textcraftor.models import load_pipeline, sd15_scheduler
 from textcraftor.sampler import PromptTokenizer
-from textcraftor.shapes.pretrain import (
-    MIN_SNR_GAMMA,
-    UNET_SHAPE_WEIGHT,
-    PretrainConfig,
-    batches,
-    main,
-    pretrain,
-    run_stage,
-    shape_weights,
-    shape_windows,
-    stage_clock,
+from textcraftor.shapes.pretrain import main, pretrain
+from textcraftor.shapes.pretraining.clip_stage import (
     train_clip,
-    unet_loss_weights,
     word_classes,
     word_identity_loss,
 )
+from textcraftor.shapes.pretraining.config import PretrainConfig
+from textcraftor.shapes.pretraining.loop import batches, run_stage, schedule, stage_clock
+from textcraftor.shapes.pretraining.unet_stage import (
+    MIN_SNR_GAMMA,
+    UNET_SHAPE_WEIGHT,
+    unet_loss_weights,
+)
+from textcraftor.shapes.pretraining.vae_stage import shape_weights, shape_windows
 from textcraftor.shapes.world import ShapesDataset, caption, describe, sample_scene
 from textcraftor.tokenizer import build_clip_tokenizer
 
@@ -101,6 +100,31 @@ def test_vae_windows_hold_a_shape_and_carry_their_pixel_weights():
     other, _ = shape_windows(full, weights, 32, torch.Generator().manual_seed(1))
     assert torch.equal(windows, again) and not torch.equal(windows, other)
     assert shape_windows(full, weights, 64, torch.Generator())[0] is full  # whole images
+
+
+def test_the_learning_rate_warms_up_from_zero_then_decays_to_a_tenth_of_the_peak():
+    peak, warmup, steps = 1e-3, 100, 1000
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    lr = schedule(optimizer, steps, warmup)
+    seen = []
+    for _ in range(steps + 1):  # the rate of step i is the one step i updates with
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        lr.step()
+
+    def closed_form(i: int) -> float:
+        if i < warmup:
+            return peak * i / warmup
+        progress = (i - warmup) / (steps - warmup)
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    midway = (warmup + steps) // 2
+    for i in (0, warmup // 2, warmup, midway, steps):
+        assert seen[i] == pytest.approx(closed_form(i), rel=1e-9, abs=1e-15), i
+    assert seen[0] == 0 and seen[warmup] == pytest.approx(peak)
+    assert seen[midway] == pytest.approx(peak * 0.55) and seen[steps] == pytest.approx(peak / 10)
+    assert all(a < b for a, b in zip(seen[:warmup], seen[1:warmup + 1]))  # rises to the peak
+    assert all(a > b for a, b in zip(seen[warmup:steps], seen[warmup + 1:]))  # then only falls
 
 
 def test_the_stages_leave_the_final_minutes_for_saving_and_the_card(capsys):
