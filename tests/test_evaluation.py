@@ -79,26 +79,22 @@ def test_too_few_images_for_kid_names_the_minimum(make_trainer, make_config):
         trainer.evaluator(result.images, {}, result.prompts, result.seeds, (), one)
 
 
-def test_quality_weights_score_every_image_with_fixed_weights_and_never_train(make_trainer,
-                                                                                 monkeypatch):
+def test_quality_weights_score_every_image_with_fixed_weights_and_never_train(make_trainer):
     """eval.quality_weights (a study's objectives.quality_weights): a reward the run does not
-    train on is loaded at weight 0, never runs in a training step, and is scored at evaluation;
+    train on is not in the objective (never built for, never run in a training step); the
+    evaluator builds it on first use and scores it;
     eval/quality = Σ qᵢ·sᵢ·Rᵢ per image, averaged, beside the run's own eval/train_objective; the
     per-prompt table carries both, and its prompts average to the run's figure."""
     from textcraftor.rewards import REWARD_SCALES
 
     trainer = make_trainer("eval.quality_weights={pickscore: 2}", "data.eval_seeds=[0, 1]",
                            "data.heldout_count=3", objective=None)  # built from the config
-    assert trainer.objective.coefficients == {"aesthetic": 1.0 * REWARD_SCALES["aesthetic"],
-                                              "pickscore": 0.0}
-    calls = []
-    pickscore = trainer.objective.rewards["pickscore"]
-    original = pickscore.forward
-    monkeypatch.setattr(pickscore, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert trainer.objective.coefficients == {"aesthetic": 1.0 * REWARD_SCALES["aesthetic"]}
+    assert trainer.evaluator._scoring is None  # nothing built before the first evaluation
     step = trainer.train_step(1)
-    assert calls == [] and "train/pickscore" not in step  # weight 0: not run in training
+    assert "train/pickscore" not in step and trainer.evaluator._scoring is None
     result = trainer.evaluate()
-    assert calls  # scored at evaluation
+    assert set(trainer.evaluator.scoring_rewards) == {"pickscore", "clip"}  # built to score
     m = result.metrics
     assert m["eval/quality"] == pytest.approx(2 * REWARD_SCALES["pickscore"] * m["eval/pickscore"],
                                               rel=1e-5)

@@ -382,7 +382,7 @@ def test_auto_picks_the_pretrained_networks_where_the_evaluator_does():
 
     for source in ("tiny", "shapes", "sd15-random", "owner/repo", "/some/folder"):
         config = load_run_config(None, [f"model.source={source}"])
-        evaluator = Evaluator(config, objective=None, device="cpu", load_clip=None)
+        evaluator = Evaluator(config, objective=None, device="cpu", load_rewards=None)
         assert evaluator._offline_defaults() == (source in RANDOM_EVAL_PRESETS), source
 
 

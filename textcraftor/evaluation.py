@@ -21,7 +21,7 @@ from textcraftor.metrics import (
     inception_image_features,
     random_image_features,
 )
-from textcraftor.objective import Objective
+from textcraftor.objective import Objective, weighted_score
 from textcraftor.pairs import IMAGE_SUFFIXES
 from textcraftor.rewards import Reward
 from textcraftor.sources_check import RANDOM_EVAL_PRESETS
@@ -90,12 +90,12 @@ class Evaluator:
     """Scores one batch of evaluation images. The metric networks load on first use."""
 
     def __init__(self, config: RunConfig, objective: Objective, device: torch.device,
-                 load_clip: Callable[[], Reward]):
+                 load_rewards: Callable[[Sequence[str]], dict[str, Reward]]):
         self.config = config
         self.objective = objective
         self.device = device
-        self._load_clip = load_clip
-        self._clip: Reward | None = None
+        self._load_rewards = load_rewards  # names -> {name: frozen reward}
+        self._scoring: dict[str, Reward] | None = None
         self._lpips: LPIPSDistance | None = None
         self._image_features: torch.nn.Module | None = None
         self._clip_features: torch.nn.Module | None = None
@@ -109,13 +109,23 @@ class Evaluator:
         return setting == "on" or (setting == "auto" and self.config.model.source == "shapes")
 
     @property
+    def scoring_rewards(self) -> dict[str, Reward]:
+        """The rewards the evaluation scores that the objective does not hold: the CLIP score
+        (scored even at λ = 0) and ``eval.quality_weights``' rewards the run does not train on.
+        Built on first use, never part of a training step."""
+        if self._scoring is None:
+            held = self.objective.rewards
+            names = [n for n in dict.fromkeys(("clip", *self.config.eval.quality_weights))
+                     if n not in held]
+            loaded = self._load_rewards(names) if names else {}
+            self._scoring = {name: reward.to(self.device) for name, reward in loaded.items()}
+        return self._scoring
+
+    @property
     def clip(self) -> Reward:
         """The CLIP model of the constraint, scored at evaluation even when λ = 0."""
-        if self._clip is None:
-            rewards = self.objective.rewards
-            self._clip = rewards["clip"] if "clip" in rewards else self._load_clip().to(
-                self.device)
-        return self._clip
+        held = self.objective.rewards
+        return held["clip"] if "clip" in held else self.scoring_rewards["clip"]
 
     @property
     def lpips(self) -> LPIPSDistance:
@@ -148,14 +158,14 @@ class Evaluator:
         """{reward: [B]} for every reward of the objective and the CLIP score; train_objective
         (Σ wᵢ·sᵢ·Rᵢ, the run's own weights) and, with eval.quality_weights, quality (Σ qᵢ·sᵢ·Rᵢ,
         fixed weights: the same for every run compared)."""
-        scores = self.objective.score(images, prompts)  # zero-weight rewards too
-        if "clip" not in scores:
-            scores["clip"] = self.clip(images, prompts)
+        scores = self.objective.score(images, prompts)
+        for name, reward in self.scoring_rewards.items():
+            scores[name] = reward(images, prompts)
         scores = {k: v.float() for k, v in scores.items()}
         scores["train_objective"] = self.objective.train_objective(scores).float()
         if self.config.eval.quality_weights:
-            scores["quality"] = self.objective.weighted(
-                scores, self.config.eval.quality_weights).float()
+            scores["quality"] = weighted_score(scores, self.config.eval.quality_weights,
+                                               self.config.reward.scales).float()
         return scores
 
     def __call__(self, images: torch.Tensor, scores: dict[str, torch.Tensor],

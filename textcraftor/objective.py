@@ -42,13 +42,6 @@ class Objective(nn.Module):
         if not self.trained:
             raise ValueError(f"every reward weight is zero ({dict(weights)}): nothing to train")
 
-    def require(self, names: Iterable[str], field: str) -> None:
-        """ValueError naming ``field.<name>`` for a reward this objective does not hold."""
-        missing = [n for n in names if n not in self.names]
-        if missing:
-            raise ValueError(f"{field}.{missing[0]}: the objective passed in has no {missing[0]} "
-                             f"reward (it has {', '.join(self.names)})")
-
     @property
     def rewards(self) -> dict[str, Reward]:
         """The reward models by their names (``hpsv2.1`` as written), in the weights' order."""
@@ -75,12 +68,14 @@ class Objective(nn.Module):
         """Σ wᵢ·sᵢ·Rᵢ per image with this run's own weights (the negative per-image loss), [B]."""
         return sum(c * scores[name] for name, c in self.coefficients.items())
 
-    def weighted(self, scores: Mapping[str, torch.Tensor],
-                 weights: Mapping[str, float]) -> torch.Tensor:
-        """Σ qᵢ·sᵢ·Rᵢ per image with fixed weights ``weights`` (eval.quality_weights: the same
-        for every run compared), with this objective's loss scales sᵢ, [B]."""
-        return sum(float(q) * float(self.scales[name]) * scores[name]
-                   for name, q in weights.items())
+
+def weighted_score(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float],
+                   scales: Mapping[str, float] | None = None) -> torch.Tensor:
+    """Σ qᵢ·sᵢ·Rᵢ per image with fixed weights qᵢ (``eval.quality_weights``: the same for every
+    run a study compares) and loss scales sᵢ (``loss_scales(reward.scales)``), [B]. ``scores``:
+    {name: [B] raw reward Rᵢ}, holding every weighted name."""
+    merged = loss_scales(scales)
+    return sum(float(q) * float(merged[name]) * scores[name] for name, q in weights.items())
 
 
 def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
@@ -157,13 +152,9 @@ def build_rewards(config: RewardConfig, model_source: str, cache_dir: str | Path
 
 
 def build_objective(config: RewardConfig, model_source: str, cache_dir: str | Path | None,
-                    device: torch.device | str = "cpu",
-                    scored: Iterable[str] = ()) -> Objective:
-    """Load every active reward (frozen) and combine them with the configured weights;
-    ``scored``: rewards loaded at weight 0 as well (for ``eval.quality_weights``: scored at
-    evaluation, never run in a training step)."""
+                    device: torch.device | str = "cpu") -> Objective:
+    """Load every active reward (frozen) and combine them with the configured weights. Rewards
+    only the evaluation scores are the ``Evaluator``'s, built there on first use."""
     weights = dict(config.active())
-    for name in scored:
-        weights.setdefault(name, 0.0)
     return Objective(build_rewards(config, model_source, cache_dir, names=weights, device=device),
                      weights, config.scales)

@@ -92,10 +92,8 @@ class TextCraftor:
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision,
                                                    self.device)).to(self.device)
         set_vae_checkpointing(self.pipeline.vae, config.sample.vae_checkpointing)
-        self.objective = (objective or build_objective(
-            config.reward, m.source, m.cache_dir, self.device,
-            scored=config.eval.quality_weights)).to(self.device)
-        self.objective.require(config.eval.quality_weights, "eval.quality_weights")
+        self.objective = (objective or build_objective(config.reward, m.source, m.cache_dir,
+                                                       self.device)).to(self.device)
         self.tokens = PromptTokenizer(self.pipeline.tokenizer, self.device)
         self.empty_ids = self.tokens([""])[0]
         self.pipeline.scheduler.set_timesteps(config.sample.num_steps, device=self.device)
@@ -108,7 +106,7 @@ class TextCraftor:
         # fp16 only: the scaler skips a step whose gradients overflow and lowers its scale
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.autocast is torch.float16)
-        self.evaluator = Evaluator(config, self.objective, self.device, self._load_clip)
+        self.evaluator = Evaluator(config, self.objective, self.device, self._load_rewards)
         self.eval_images = EvalImages(config, self.pipeline, self.tokens, self.evaluator,
                                       self._autocast)
 
@@ -219,11 +217,12 @@ class TextCraftor:
         return self.evaluator(images, scores, prompts, seeds, [p.category for p in heldout],
                               reference)
 
-    def _load_clip(self):
-        """The CLIP-constraint model for evaluation when the objective does not hold one."""
+    def _load_rewards(self, names):
+        """Rewards the evaluation scores that the objective does not hold (the CLIP score at
+        λ = 0, eval.quality_weights' rewards the run does not train on)."""
         m = self.config.model
-        return build_rewards(self.config.reward, m.source, m.cache_dir, names=["clip"],
-                             device=self.device)["clip"]
+        return build_rewards(self.config.reward, m.source, m.cache_dir, names=names,
+                             device=self.device)
 
     # --- checkpoints -----------------------------------------------------------------------
 
