@@ -188,7 +188,7 @@ def check_model_weights(study: StudyConfig) -> None:
     starts (textcraftor.sources_check): a missing folder, or weights neither cached nor
     downloadable, is one SourceError listing them all, instead of workers retrying downloads
     for minutes. The ShapesWorld weights' checksums are verified here too, not in every trial.
-    Beyond base's active rewards: the quality score's (loaded at weight 0 by every trial) and
+    Beyond base's active rewards: the quality score's (built by every trial's evaluator) and
     every searched weight that can be positive."""
     from textcraftor.limits import check_model_limits
     from textcraftor.sources_check import check_sources

@@ -158,8 +158,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("crash_once_at_step"):
         callback = crash_once_before_checkpoint(reporter, loop_config["crash_once_at_step"],
                                                 Path(loop_config["crash_marker"]), rank)
-    # the objective: run's active rewards, plus eval.quality_weights' at weight 0 (evaluated,
-    # never run in a training step)
+    # the objective: the run's active rewards; eval.quality_weights' others are built by the
+    # evaluator (scored, never run in a training step)
     trainer = TextCraftor(run, callback=callback,
                           rank=rank, world_size=world, device=device, show_progress=False)
     checkpoint = ray.train.get_checkpoint()

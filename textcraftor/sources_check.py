@@ -180,7 +180,7 @@ def check_sources(config: RunConfig, extra_rewards: Mapping[str, str] | None = N
     """Raise SourceError listing every weight source of ``config`` that cannot be used.
 
     ``extra_rewards``: rewards loaded beyond the active ones → the field that asks for them
-    (the sweep's ``objectives.quality_weights``, scored at weight 0). ``prefix`` is put before
+    (the sweep's ``objectives.quality_weights``, scored by every trial's evaluator). ``prefix`` is put before
     the run config's fields (``base.`` in a study). ``downloads``: default, the environment.
     Offline it makes no network call; online, at most one probe of each host that would have
     to serve an uncached file (``Downloads.probe_timeout_s``, 5 s, in all).
@@ -256,7 +256,7 @@ def rewards_needed(config: RunConfig, extra_rewards: Mapping[str, str],
     """Every reward the run loads → the field that makes it load."""
     needed = {name: f"{prefix}reward.clip_constraint" if name == "clip"
               else f"{prefix}reward.weights.{name}" for name in config.reward.active()}
-    for name in config.eval.quality_weights:  # scored at evaluation, at weight 0
+    for name in config.eval.quality_weights:  # scored at evaluation (the Evaluator builds them)
         needed.setdefault(name, f"{prefix}eval.quality_weights.{name}")
     for name, by in extra_rewards.items():
         needed.setdefault(name, by)
