@@ -27,7 +27,11 @@ from textcraftor.configio import (
     to_dict,
 )
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")
+# Optuna's own defaults: TPE and GP sample this many trials at random before their model
+# (n_startup_trials); NSGA-II's first generation (population_size trials) is random
+OPTUNA_STARTUP_TRIALS = 10
+OPTUNA_POPULATION_SIZE = 50
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCHEDULERS = ("fifo", "asha")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -179,8 +183,10 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class TunerConfig:
-    sampler: str = "tpe"  # tpe | nsga2 | random (Optuna samplers)
+    sampler: str = "tpe"  # tpe | gp | nsga2 | random (Optuna's TPE, GP, NSGA-II, random samplers)
     seed: int = 0  # sampler seed
+    n_startup_trials: int | None = None  # tpe/gp: random trials before the model (None: 10)
+    population_size: int | None = None  # nsga2: trials per generation, the first random (None: 50)
     num_samples: int = 4  # trials
     max_concurrent: int = 1  # trials at once
     scheduler: str = "fifo"  # fifo | asha (asha: one objective only)
@@ -194,7 +200,37 @@ class TunerConfig:
         require(self.num_samples >= 1, "tuner.num_samples", f"must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, "tuner.max_concurrent",
                 f"must be >= 1, got {self.max_concurrent}")
+        if self.n_startup_trials is not None:
+            require(self.sampler in ("tpe", "gp"), "tuner.n_startup_trials",
+                    f"applies to sampler tpe or gp, not {self.sampler!r}")
+            require(self.n_startup_trials >= 1, "tuner.n_startup_trials",
+                    f"must be >= 1, got {self.n_startup_trials}")
+        if self.population_size is not None:
+            require(self.sampler == "nsga2", "tuner.population_size",
+                    f"applies to sampler nsga2, not {self.sampler!r}")
+            require(self.population_size >= 2, "tuner.population_size",
+                    f"must be >= 2, got {self.population_size}")
 
+    def random_trials(self) -> int:
+        """How many trials the sampler draws at random before it uses what it has seen: the
+        start-up trials of TPE/GP, NSGA-II's first generation, every trial of random."""
+        if self.sampler in ("tpe", "gp"):
+            return self.n_startup_trials or OPTUNA_STARTUP_TRIALS
+        if self.sampler == "nsga2":
+            return self.population_size or OPTUNA_POPULATION_SIZE
+        return self.num_samples
+
+    def random_search_warning(self) -> str | None:
+        """A warning when every trial falls in the sampler's random start (the study is random
+        search), naming the fields that change it; None when the sampler gets to search."""
+        start = self.random_trials()
+        if self.sampler == "random" or self.num_samples > start:
+            return None
+        field = "tuner.population_size" if self.sampler == "nsga2" else "tuner.n_startup_trials"
+        return (f"tuner.num_samples = {self.num_samples} <= the {start} random trials "
+                f"tuner.sampler = {self.sampler} draws first ({field}): this study is random "
+                f"search. Raise tuner.num_samples above {start}, or lower {field} (e.g. to "
+                f"{max(2 if self.sampler == 'nsga2' else 1, self.num_samples // 2)}).")
 
 @dataclass(frozen=True)
 class ResourcesConfig:

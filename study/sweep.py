@@ -271,15 +271,18 @@ def make_searcher(study: StudyConfig):
     from study.space import DefineByRun, reference_point
 
     t = study.tuner
-    samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-                "random": optuna.samplers.RandomSampler}
+    options = {"tpe": {"n_startup_trials": t.random_trials()},
+               "gp": {"n_startup_trials": t.random_trials()},
+               "nsga2": {"population_size": t.random_trials()}}.get(t.sampler, {})
+    samplers = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler,
+                "nsga2": optuna.samplers.NSGAIISampler, "random": optuna.samplers.RandomSampler}
     storage_url = t.storage or f"sqlite:///{study.sweep_dir / 'optuna.db'}"
     names = list(study.objectives.names)
     searcher = OptunaSearch(
         DefineByRun(study),
         metric=names if len(names) > 1 else names[0],
         mode=[DIRECTIONS[n] for n in names] if len(names) > 1 else DIRECTIONS[names[0]],
-        sampler=samplers[t.sampler](seed=t.seed),
+        sampler=samplers[t.sampler](seed=t.seed, **options),
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=study.name,
         points_to_evaluate=[reference_point(study)] if t.reference_first else None,
@@ -411,6 +414,9 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
                          "Ray Client address (ray://): Tune keeps a client's Tuner remote")
     sweep_dir = check_sweep_dir(study, resume)
     changes = check_resume(sweep_dir, saved_study(study, uri), resume)  # before Ray starts
+    random_search = study.tuner.random_search_warning()
+    if random_search:
+        log.warning("%s", random_search)
     start_ray(address)
     requested = check_resources(study, address)
     tracker = SweepTracker(uri, study.experiment, study.name)
@@ -481,6 +487,11 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     summary = summarize(trial_records(results, study, tracker, statuses),
                         study.objectives.names)
     summary.update({"name": study.name, "num_samples": study.tuner.num_samples,
+                    # how much of the study the sampler drew at random (Optuna's start-up)
+                    "sampler": {"name": study.tuner.sampler,
+                                "random_trials": min(study.tuner.random_trials(),
+                                                     study.tuner.num_samples),
+                                "random_search": random_search is not None},
                     "unfinished": sum(t["status"] not in FINISHED for t in summary["trials"]),
                     "interrupted_by": stop.received.name if stop.received else None,
                     "mlflow_parent_run_id": parent,

@@ -106,7 +106,14 @@ def test_any_field_is_searched_under_its_own_name_with_its_types_distribution(tm
         (["base.train.steps=abc"], "train.steps"),
         (["tuner.num_samples=two"], "tuner.num_samples"),
         (["tuner.scheduler=asha"], "asha supports one objective"),
-        (["tuner.sampler=grid"], "'tpe', 'nsga2', 'random'"),
+        (["tuner.sampler=grid"], "'tpe', 'gp', 'nsga2', 'random'"),
+        (["tuner.sampler=random", "tuner.n_startup_trials=3"],
+         "tuner.n_startup_trials: applies to sampler tpe or gp, not 'random'"),
+        (["tuner.n_startup_trials=0"], "tuner.n_startup_trials: must be >= 1, got 0"),
+        (["tuner.population_size=8"], "tuner.population_size: applies to sampler nsga2, not "
+                                      "'tpe'"),
+        (["tuner.sampler=nsga2", "tuner.population_size=1"],
+         "tuner.population_size: must be >= 2, got 1"),
         # the search: each named before any trial, with the value
         (["search.sample.k.low=4", "search.sample.k.high=2"],
          "search.sample.k: low (4.0) > high (2.0)"),
@@ -255,3 +262,46 @@ def test_cli_names_a_bad_search_path_before_starting_ray(tmp_path):
             "sample.guidance_scale?") in result.stderr
     assert "ray" not in result.stderr.lower().replace("array", "")  # stopped before Ray
     assert not (tmp_path / "default").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "random_trials", "warned"),
+    [
+        ([], 10, "tuner.num_samples = 4 <= the 10 random trials tuner.sampler = tpe draws first "
+                 "(tuner.n_startup_trials): this study is random search"),
+        (["tuner.n_startup_trials=2"], 2, None),
+        (["tuner.sampler=gp", "tuner.num_samples=12"], 10, None),
+        (["tuner.sampler=gp", "tuner.num_samples=10"], 10, "tuner.sampler = gp"),
+        (["tuner.sampler=nsga2", "tuner.num_samples=32"], 50,
+         "the 50 random trials tuner.sampler = nsga2 draws first (tuner.population_size)"),
+        (["tuner.sampler=nsga2", "tuner.num_samples=32", "tuner.population_size=8"], 8, None),
+        (["tuner.sampler=random"], 4, None),  # chosen: no warning
+    ],
+)
+def test_a_study_that_never_leaves_the_random_start_is_named_random_search(
+        overrides, random_trials, warned):
+    tuner = load_study_config(None, overrides).tuner
+    assert tuner.random_trials() == random_trials
+    warning = tuner.random_search_warning()
+    if warned is None:
+        assert warning is None
+    else:
+        assert warned in warning and "Raise tuner.num_samples above" in warning
+
+
+def test_each_sampler_is_optunas_with_the_start_up_the_config_gives(tmp_path):
+    """The sampler the sweep builds, read back: class and start-up size."""
+    import optuna
+
+    from study.sweep import make_searcher
+
+    expected = {"tpe": (optuna.samplers.TPESampler, "_n_startup_trials", 3),
+                "gp": (optuna.samplers.GPSampler, "_n_startup_trials", 3),
+                "nsga2": (optuna.samplers.NSGAIISampler, "_population_size", 6)}
+    for sampler, (cls, attribute, size) in expected.items():
+        option = "population_size" if sampler == "nsga2" else "n_startup_trials"
+        study = load_study_config(None, [f"tuner.sampler={sampler}", f"tuner.{option}={size}",
+                                         f"results_dir={tmp_path}", f"name={sampler}"])
+        study.sweep_dir.mkdir(parents=True)
+        built = make_searcher(study).searcher.searcher._sampler  # StudySearch > limiter > Optuna
+        assert type(built) is cls and getattr(built, attribute) == size, sampler
