@@ -491,7 +491,7 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
                     "sampler": {"name": study.tuner.sampler,
                                 "random_trials": min(study.tuner.random_trials(),
                                                      study.tuner.num_samples),
-                                "random_search": random_search is not None},
+                                "random_search": study.tuner.random_search_warning() is not None},
                     "unfinished": sum(t["status"] not in FINISHED for t in summary["trials"]),
                     "interrupted_by": stop.received.name if stop.received else None,
                     "mlflow_parent_run_id": parent,
