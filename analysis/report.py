@@ -125,7 +125,8 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
 
 
 def _status_view(runs: pd.DataFrame) -> pd.DataFrame:
-    columns = ["sweep", "kind", "trial_id", "status", "quality", "diversity", "missing", "error"]
+    columns = ["sweep", "kind", "trial_id", "status", "stopped_at_step", "quality", "diversity",
+               "missing", "error"]
     return runs[[c for c in columns if c in runs.columns]]
 
 

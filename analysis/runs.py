@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from study.objectives import OBJECTIVES, PER_PROMPT_COLUMNS
 from study.summary import pareto_flags
-from study.tags import INTERPOLATION_ARTIFACT, KIND_TAG, SWEEP_TAG, TRIAL_TAG
+from study.tags import INTERPOLATION_ARTIFACT, KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
 
 RUN_KINDS = ("baseline", "trial")
 # Hyperparameters are named by their run-config paths (the study's search keys), as logged
@@ -98,7 +98,10 @@ def _run_row(run, objectives: Sequence[str]) -> dict:
         "sweep": tags.get(SWEEP_TAG),
         "trial_id": tags.get(TRIAL_TAG),
         "kind": tags.get(KIND_TAG),
-        "status": run.info.status,
+        # a trial MO-ASHA stopped at a rung: finished, not failed, never on the front
+        "status": ("STOPPED" if STOPPED_TAG in tags and run.info.status == "FINISHED"
+                   else run.info.status),
+        "stopped_at_step": _number(tags[STOPPED_TAG]) if STOPPED_TAG in tags else None,
         "run_id": run.info.run_id,
         "error": _last_line(tags.get("error")),
         "checkpoint": tags.get("checkpoint"),

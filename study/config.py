@@ -6,7 +6,7 @@ import difflib
 import os
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ SAMPLERS = ("tpe", "gp", "nsga2", "random")
 OPTUNA_STARTUP_TRIALS = 10
 OPTUNA_POPULATION_SIZE = 50
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha", "moasha")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -189,7 +189,10 @@ class TunerConfig:
     population_size: int | None = None  # nsga2: trials per generation, the first random (None: 50)
     num_samples: int = 4  # trials
     max_concurrent: int = 1  # trials at once
-    scheduler: str = "fifo"  # fifo | asha (asha: one objective only)
+    scheduler: str = "fifo"  # fifo | asha (one objective) | moasha (multi-objective ASHA)
+    rungs: tuple[int, ...] = ()  # moasha: training steps at which trials are ranked (evaluation
+    #                              steps below base.train.steps; () = every one of them)
+    reduction_factor: float = 3.0  # moasha: η, each rung keeps the best 1/η
     reference_first: bool = True  # the base config's values of the searched fields are the
     #                               first trial (the reference recipe, in one place: the YAML)
     storage: str | None = None  # Optuna RDB URL; default sqlite in the sweep folder
@@ -200,6 +203,10 @@ class TunerConfig:
         require(self.num_samples >= 1, "tuner.num_samples", f"must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, "tuner.max_concurrent",
                 f"must be >= 1, got {self.max_concurrent}")
+        require(self.scheduler == "moasha" or not self.rungs, "tuner.rungs",
+                f"applies to scheduler moasha, not {self.scheduler!r}")
+        require(self.reduction_factor >= 2, "tuner.reduction_factor",
+                f"must be >= 2 (each rung keeps the best 1/η), got {self.reduction_factor}")
         if self.n_startup_trials is not None:
             require(self.sampler in ("tpe", "gp"), "tuner.n_startup_trials",
                     f"applies to sampler tpe or gp, not {self.sampler!r}")
@@ -309,6 +316,32 @@ class FaultInjection:
                 f"{train.save_every}, or base.train.steps={train.steps})")
 
 
+def moasha_rungs(study: StudyConfig) -> tuple[int, ...]:
+    """MO-ASHA's rungs, checked: evaluation steps (multiples of base.train.eval_every) below
+    base.train.steps, increasing; ``tuner.rungs: []`` means every such step. Raises ConfigError
+    naming the field, the value and what is allowed."""
+    train = study.base.train
+    for path in ("train.steps", "train.eval_every"):
+        require(path not in study.search, f"search.{path}",
+                "MO-ASHA's rungs are fixed training steps: keep base." + path + " fixed")
+    allowed = (list(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every
+               else [])
+    require(bool(allowed), "tuner.scheduler",
+            f"moasha ranks trials at evaluation steps below base.train.steps={train.steps}, and "
+            f"base.train.eval_every={train.eval_every} gives none: lower eval_every")
+    rungs = tuple(study.tuner.rungs) or tuple(allowed)
+    require(len(rungs) <= len(allowed), "tuner.rungs",
+            f"{len(rungs)} rungs but only {len(allowed)} evaluation steps below "
+            f"base.train.steps={train.steps}: {allowed}")
+    for index, rung in enumerate(rungs):
+        require(rung in allowed, f"tuner.rungs[{index}]",
+                f"{rung} is not an evaluation step below base.train.steps={train.steps} "
+                f"(multiples of base.train.eval_every={train.eval_every}): one of {allowed}")
+    require(list(rungs) == sorted(set(rungs)), "tuner.rungs",
+            f"{list(rungs)}: give distinct steps in increasing order")
+    return rungs
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     name: str = "default"  # sweep name: folder, MLflow parent run, Optuna study
@@ -333,6 +366,8 @@ class StudyConfig:
         require(self.tuner.scheduler != "asha" or len(self.objectives.names) == 1,
                 "tuner.scheduler", "asha supports one objective only; use fifo with two")
         check_search(self.search, self.base, self.tuner.reference_first)
+        if self.tuner.scheduler == "moasha":
+            object.__setattr__(self, "tuner", replace(self.tuner, rungs=moasha_rungs(self)))
         own = dict(self.base.eval.quality_weights)
         require(not own or own == dict(self.objectives.quality_weights),
                 "base.eval.quality_weights", f"{own} differs from objectives.quality_weights: "

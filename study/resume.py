@@ -106,6 +106,20 @@ class StudySearch(SearchGenerator):
         super().__init__(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
         self.sweep_dir = str(sweep_dir)
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        """A trial MO-ASHA stopped at a rung is PRUNED in Optuna (its objectives at the rung
+        are not a finished trial's), with the rung step as user attribute stopped_at_step."""
+        from study.moasha import stopped_trials
+
+        stopped = stopped_trials(self.sweep_dir).get(trial_id)
+        if stopped is not None and not error:
+            optuna_trial = getattr(self.searcher.searcher, "_ot_trials", {}).get(trial_id)
+            if optuna_trial is not None:
+                optuna_trial.set_user_attr("stopped_at_step", stopped)
+            result = None  # OptunaSearch tells a trial without a result as PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
         tuner = json.loads((Path(self.sweep_dir) / STUDY_CONFIG).read_text())["tuner"]

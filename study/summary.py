@@ -7,17 +7,37 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import moocore
+import numpy as np
+
 from textcraftor.atomic import write_json_atomic
 
 
 def pareto_flags(points: Sequence[Sequence[float] | None]) -> list[bool]:
-    """Non-dominated points (all objectives maximised); ``None`` (no result) is never Pareto."""
-    def dominates(a, b):
-        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+    """Non-dominated points (all objectives maximised; ``moocore.is_nondominated``, duplicates
+    all kept); ``None`` or a non-finite value (no result) is never Pareto."""
+    valid = [i for i, p in enumerate(points)
+             if p is not None and all(math.isfinite(v) for v in p)]
+    flags = [False] * len(points)
+    if valid:
+        values = np.asarray([points[i] for i in valid], dtype=float)
+        for i, front in zip(valid, moocore.is_nondominated(values, maximise=True,
+                                                           keep_weakly=True)):
+            flags[i] = bool(front)
+    return flags
 
-    valid = [p if p is not None and all(math.isfinite(v) for v in p) else None for p in points]
-    return [p is not None and not any(q is not None and dominates(q, p) for q in valid)
-            for p in valid]
+
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """The hypervolume (``moocore.hypervolume``, all objectives maximised) the points dominate
+    beyond ``reference`` (here: the untuned baseline's objectives), in the objectives' units
+    multiplied; points that do not improve on the reference in every objective add nothing,
+    so no points, or none better than the baseline, give 0."""
+    values = np.asarray(points, dtype=float).reshape(len(points), len(reference))
+    better = values[(values > np.asarray(reference, dtype=float)).all(axis=1)]
+    if not len(better):
+        return 0.0
+    return float(moocore.hypervolume(better, ref=np.asarray(reference, dtype=float),
+                                     maximise=True))
 
 
 def summarize(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> dict[str, Any]:

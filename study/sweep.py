@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig, load_study_config, search_variants
 from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
+from study.moasha import stopped_trials
 from study.objectives import DIRECTIONS, OBJECTIVES
 from study.resume import ResumeError, canonical_tracking_uri, check_resume
-from study.summary import pareto_table, summarize, write_summary
+from study.summary import hypervolume, pareto_table, summarize, write_summary
 from study.tracking import (
     SweepTracker,
     TrackingError,
@@ -316,6 +319,12 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
         tuner._local_tuner.get_run_config().callbacks = callbacks  # None over ray://
         return tuner
     scheduler = None
+    if study.tuner.scheduler == "moasha":
+        from study.moasha import MultiObjectiveASHA, board_name
+
+        t = study.tuner
+        scheduler = MultiObjectiveASHA(study.objectives.names, t.rungs, t.reduction_factor,
+                                       study.sweep_dir, board=board_name(study.name))
     if study.tuner.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -334,16 +343,22 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
 def trial_records(results, study: StudyConfig, tracker: SweepTracker,
                   statuses: TrialStatuses) -> list[dict[str, Any]]:
     """Every trial Tune knows of as a summary record: TERMINATED or ERROR when it ran to its
-    end, INTERRUPTED when it started and was stopped, NOT_STARTED when it never started."""
+    end, STOPPED when MO-ASHA stopped it at a rung (``stopped_at_step``), INTERRUPTED when it
+    started and the sweep was stopped, NOT_STARTED when it never started."""
     from study.space import trial_params
 
     records = []
+    stopped = stopped_trials(study.sweep_dir)
     for trial in results._experiment_analysis.trials:
         last = trial.last_result or {}
         started = tracker.run_id(trial.trial_id) is not None  # a child run: it started once
+        status = statuses.status(trial.trial_id, trial.status, started)
+        if status == "TERMINATED" and trial.trial_id in stopped:
+            status = "STOPPED"  # MO-ASHA stopped it at a rung: not a failure, not on the front
         records.append({
             "trial_id": trial.trial_id,
-            "status": statuses.status(trial.trial_id, trial.status, started),
+            "status": status,
+            "stopped_at_step": stopped.get(trial.trial_id),
             "params": trial_params(trial.config, study),
             "objectives": {o: _finite_or_none(last.get(o)) for o in study.objectives.names},
             "steps": last.get("step"),
@@ -478,7 +493,8 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     callback = MlflowTrialCallback(
         tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
         lambda trial_id: study.sweep_dir / "trials" / trial_id,
-        pending_file=study.sweep_dir / PENDING_POINTS)
+        pending_file=study.sweep_dir / PENDING_POINTS,
+        stopped_at=lambda trial_id: stopped_trials(study.sweep_dir).get(trial_id))
     statuses = TrialStatuses()
     tuner = make_tuner(study, [callback, statuses], resume)
     started = time.perf_counter()
@@ -492,14 +508,29 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
                                 "random_trials": min(study.tuner.random_trials(),
                                                      study.tuner.num_samples),
                                 "random_search": study.tuner.random_search_warning() is not None},
-                    "unfinished": sum(t["status"] not in FINISHED for t in summary["trials"]),
+                    "unfinished": sum(t["status"] not in (*FINISHED, "STOPPED")
+                                      for t in summary["trials"]),
                     "interrupted_by": stop.received.name if stop.received else None,
                     "mlflow_parent_run_id": parent,
                     "tracking_uri": uri, "experiment": study.experiment,
                     "overhead": overhead(summary["trials"], time.perf_counter() - started),
                     "baseline": baseline_record(tracker),
                     "tracking_errors": list(tracker.errors)})
+    summary["steps_trained"] = sum(t["steps"] for t in summary["trials"]
+                                   if isinstance(t.get("steps"), int))
+    summary["front"] = front_record(summary, study.objectives.names)
     return summary
+
+
+def front_record(summary: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The Pareto front's size and hypervolume against the untuned baseline's objectives as the
+    reference point (``study.summary.hypervolume``; None without a finished baseline)."""
+    points = [[t["objectives"][o] for o in names] for t in summary["trials"] if t["pareto"]]
+    base = (summary.get("baseline") or {}).get("objectives") or {}
+    reference = [base.get(o) for o in names]
+    known = all(isinstance(v, (int, float)) and math.isfinite(v) for v in reference)
+    return {"size": len(points), "reference": reference if known else None,
+            "hypervolume": hypervolume(points, reference) if known else None}
 
 
 def upload(local: Path, uri: str) -> None:

@@ -8,3 +8,5 @@ TRIAL_TAG = "textcraftor.trial_id"  # Tune's trial id of a trial's run
 KIND_TAG = "textcraftor.kind"  # sweep | baseline | trial
 # a trial's quality dial, logged by ``python -m study.interpolation``
 INTERPOLATION_ARTIFACT = "interpolation/interpolation.json"
+# a trial MO-ASHA stopped early: the rung (training step) it reached
+STOPPED_TAG = "textcraftor.stopped_at_step"

@@ -32,7 +32,7 @@ from ray.tune import Callback
 
 from study.config import DEFAULT_TRACKING_URI
 from study.objectives import OBJECTIVES
-from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
+from study.tags import KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
 from textcraftor.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -271,8 +271,9 @@ class MlflowTrialCallback(Callback):
     ``TrialPoints``), sample grids, final status."""
 
     def __init__(self, tracker: SweepTracker, params_of, run_dir_of,
-                 pending_file: Path | None = None):
+                 pending_file: Path | None = None, stopped_at=None):
         self.tracker = tracker
+        self.stopped_at = stopped_at  # trial id → the rung step MO-ASHA stopped it at, or None
         self.params_of = params_of  # trial config → params to log (flat-able mapping)
         self.run_dir_of = run_dir_of  # trial id → the trial's run folder
         self.pending_file = pending_file  # the unfinished trials' TrialPoints, across drivers
@@ -367,6 +368,9 @@ class MlflowTrialCallback(Callback):
         if status == "FAILED":
             self.tracker.client.set_tag(run_id, "error",
                                         trial_error_text(trial)[:4000] or "unknown")
+        stopped = self.stopped_at(trial.trial_id) if self.stopped_at else None
+        if status == "FINISHED" and stopped is not None:  # stopped early: not a failure
+            self.tracker.client.set_tag(run_id, STOPPED_TAG, str(stopped))
         self.tracker.finish(run_id, status)
 
 

@@ -19,6 +19,7 @@ import ray.train.torch
 import ray.tune
 
 from study.config import StudyConfig
+from study.moasha import board_name
 from study.objectives import study_objectives
 from study.space import trial_run_config
 from textcraftor.config import RunConfig
@@ -56,6 +57,11 @@ class RayTrainReporter:
         self.report_every = report_every
         self.buffered: list[dict[str, Any]] = []
         self.worker_nodes = ""  # Ray node ids of the ranks, in rank order, distinct
+        # MO-ASHA: after the evaluation at one of these steps, ask(step) returns the
+        # scheduler's decision ("STOP" or "CONTINUE"); on STOP, stop() ends the run there
+        self.rungs: tuple[int, ...] = ()
+        self.ask: Callable[[int], str] | None = None
+        self.stop: Callable[[], None] | None = None
 
     def flush(self, step: int) -> None:
         """Send the buffered step metrics now (the run is stopping at ``step`` on every rank at
@@ -86,6 +92,9 @@ class RayTrainReporter:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
         self._send(event.kind, event.step, event.metrics if event.kind == "eval" else {},
                    checkpoint)
+        if (event.kind == "eval" and event.step in self.rungs and self.ask is not None
+                and self.ask(event.step) == "STOP" and self.stop is not None):
+            self.stop()  # every rank reads the same decision: all stop at this step
 
     def _send(self, kind: str, step: int, own: Mapping[str, float], checkpoint) -> None:
         metrics = {**own, **self.objectives, **self.timing, "step": step, "event": kind,
@@ -162,6 +171,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # evaluator (scored, never run in a training step)
     trainer = TextCraftor(run, callback=callback,
                           rank=rank, world_size=world, device=device, show_progress=False)
+    if loop_config.get("rung_board"):
+        from study.moasha import wait_for_decision
+
+        reporter.rungs = tuple(loop_config["rungs"])
+        reporter.ask = lambda step: wait_for_decision(loop_config["rung_board"],
+                                                      loop_config["trial_id"], step)
+        reporter.stop = trainer.request_stop
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -192,6 +208,10 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
             "trial_started_at": time.time(),
             "crash_once_at_step": crash,  # testing (FaultInjection): once per sweep
             "crash_marker": str(config.sweep_dir / f".injected-crash-step-{crash}"),
+            "trial_id": trial_id,
+            # MO-ASHA: where the rung decisions are posted, and at which steps
+            "rung_board": board_name(config.name) if config.tuner.scheduler == "moasha" else None,
+            "rungs": list(config.tuner.rungs),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0,

@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -74,6 +75,7 @@ class TextCraftor:
         self.folder = RunFolder(self.run_dir, rank)
         self.show_progress = show_progress and rank == 0
         self.step = 0
+        self.stop_requested = False  # set by request_stop: end after this step's checkpoint
         self._last_checkpoint: Path | None = None
         m, d = config.model, config.data
         self.autocast = autocast_dtype(m.mixed_precision, self.device)
@@ -106,7 +108,8 @@ class TextCraftor:
         # fp16 only: the scaler skips a step whose gradients overflow and lowers its scale
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.autocast is torch.float16)
-        self.evaluator = Evaluator(config, self.objective, self.device, self._load_rewards)
+        self.evaluator = Evaluator(config, self.objective, self.device, partial(
+            build_rewards, config.reward, m.source, m.cache_dir, device=self.device))
         self.eval_images = EvalImages(config, self.pipeline, self.tokens, self.evaluator,
                                       self._autocast)
 
@@ -217,13 +220,6 @@ class TextCraftor:
         return self.evaluator(images, scores, prompts, seeds, [p.category for p in heldout],
                               reference)
 
-    def _load_rewards(self, names):
-        """Rewards the evaluation scores that the objective does not hold (the CLIP score at
-        λ = 0, eval.quality_weights' rewards the run does not train on)."""
-        m = self.config.model
-        return build_rewards(self.config.reward, m.source, m.cache_dir, names=names,
-                             device=self.device)
-
     # --- checkpoints -----------------------------------------------------------------------
 
     def save(self) -> Path | None:
@@ -248,8 +244,6 @@ class TextCraftor:
         self.step = checkpoint.step
         self._last_checkpoint = Path(path)
         log.info("resumed from %s at step %d", path, self.step)
-
-    # --- the run ---------------------------------------------------------------------------
 
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``; returns the final metrics (last step + last evaluation)."""
@@ -277,9 +271,16 @@ class TextCraftor:
                 self.replicas.check_identical()  # never checkpoint replicas that drifted apart
                 path = self.save()
                 self._emit(TrainEvent("checkpoint", self.step, last, str(path) if path else None))
+            if self.stop_requested:  # e.g. a study's early stopping at this evaluation
+                break
         progress.close()
         self._emit(TrainEvent("end", self.step, last))
         return last
+
+    def request_stop(self) -> None:
+        """End ``fit`` after this step's evaluation and checkpoint, as a finished run (an "end"
+        event follows); every rank asks at the same step (e.g. from its callback)."""
+        self.stop_requested = True
 
     def _evaluate_and_report(self, baseline: bool = False) -> dict[str, float]:
         result = self.evaluate() if self.rank == 0 else None
