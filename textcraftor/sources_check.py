@@ -182,8 +182,8 @@ def check_sources(config: RunConfig, extra_rewards: Mapping[str, str] | None = N
     ``extra_rewards``: rewards loaded beyond the active ones → the field that asks for them
     (the sweep's ``objectives.quality_weights``, scored by every trial's evaluator). ``prefix``
     is put before the run config's fields (``base.`` in a study). ``downloads``: default, the
-    environment. Offline it makes no network call; online, at most one probe of each host that would have
-    to serve an uncached file (``Downloads.probe_timeout_s``, 5 s, in all).
+    environment. Offline it makes no network call; online, at most one probe of each host that
+    would have to serve an uncached file (``Downloads.probe_timeout_s``, 5 s, in all).
     """
     problems = find_problems(config, extra_rewards, prefix=prefix, downloads=downloads)
     if problems:
