@@ -267,7 +267,7 @@ class TextCraftor:
             done = self.step == t.steps
             if done or (t.eval_every and self.step % t.eval_every == 0):
                 last.update(self._evaluate_and_report())
-            if done or self.step % t.save_every == 0:
+            if done or self.step % t.save_every == 0 or self.stop_requested:
                 self.replicas.check_identical()  # never checkpoint replicas that drifted apart
                 path = self.save()
                 self._emit(TrainEvent("checkpoint", self.step, last, str(path) if path else None))
