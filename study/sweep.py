@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig, load_study_config, search_variants
+from study.console import TrialLines, quiet_driver_logs
 from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
 from study.moasha import stopped_trials
 from study.objectives import DIRECTIONS, OBJECTIVES
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a study field, e.g. "
                         "base.train.steps=20 or search.sample.k.high=3")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's process output, Tune's status tables and Ray's driver logs "
+                        "on the console (default: one line per trial, the logs in files)")
     return parser.parse_args(argv)
 
 
@@ -133,7 +137,7 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CA
                  "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, verbose: bool = True) -> None:
     """Connect to the cluster at ``address``, or start a fresh local one (never a stray local
     cluster someone else started).
 
@@ -150,7 +154,8 @@ def start_ray(address: str | None) -> None:
     if address:
         check_gcs_reachable(address)
         try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
+                     log_to_driver=verbose)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise SweepError(f"no Ray cluster at {address!r}: {error}") from None
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
@@ -163,7 +168,7 @@ def start_ray(address: str | None) -> None:
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         ray.init(address="local", object_store_memory=store, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, log_to_driver=verbose)
     finally:
         if saved is None:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
@@ -175,6 +180,17 @@ def start_ray(address: str | None) -> None:
         raise SweepError(f"the local Ray cluster started at {started}, not at {own} as asked "
                          "(RAY_GCS_SERVER_PORT); its components could not find it")
     os.environ["RAY_ADDRESS"] = started
+
+
+def ray_logs_dir() -> str:
+    """This driver's Ray session log folder (a local cluster's; Ray has no public API for it:
+    the node object is private, so a fallback names it)."""
+    import ray
+
+    try:
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except AttributeError:
+        return "the logs/ folder of the Ray session (/tmp/ray/session_latest on the head)"
 
 
 def free_port() -> int:
@@ -307,7 +323,7 @@ def make_trainable(study: StudyConfig):
                                study.resources.trial_bundle())
 
 
-def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
+def make_tuner(study: StudyConfig, callbacks: list, resume: bool, verbose: bool = True):
     from ray import tune
 
     if resume:
@@ -317,6 +333,7 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
         # Tune restores the callbacks pickled at the first start (that driver's objects, with
         # its MLflow client); this driver's callbacks take their place.
         tuner._local_tuner.get_run_config().callbacks = callbacks  # None over ray://
+        tuner._local_tuner.get_run_config().verbose = 2 if verbose else 0
         return tuner
     scheduler = None
     if study.tuner.scheduler == "moasha":
@@ -336,7 +353,7 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool):
         tune_config=tune.TuneConfig(search_alg=make_searcher(study), scheduler=scheduler,
                                     num_samples=study.tuner.num_samples),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=study.storage_dir,
-                                  callbacks=callbacks),
+                                  callbacks=callbacks, verbose=2 if verbose else 0),
     )
 
 
@@ -416,10 +433,11 @@ def saved_study(study: StudyConfig, tracking_uri: str) -> dict[str, Any]:
 
 
 def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = False,
-              stop: StopSignals | None = None) -> dict:
+              stop: StopSignals | None = None, verbose: bool = True) -> dict:
     """Check everything, start Ray, run (or resume) the sweep; returns the summary. ``stop``:
     the driver's signal handling (``Tuner.fit()`` stops on SIGINT/SIGTERM and the summary says
-    so); a signal outside ``fit()`` raises KeyboardInterrupt, with the MLflow runs closed."""
+    so); a signal outside ``fit()`` raises KeyboardInterrupt, with the MLflow runs closed.
+    ``verbose`` False: the quiet console of ``study.console``."""
     stop = stop or StopSignals()
     uri = resolve_tracking_uri(study.tracking_uri)
     check_tracking_uri(uri)
@@ -432,11 +450,16 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     random_search = study.tuner.random_search_warning()
     if random_search:
         log.warning("%s", random_search)
-    start_ray(address)
+    if not verbose:
+        driver_log = quiet_driver_logs(sweep_dir)
+    start_ray(address, verbose)
+    if not verbose:
+        print(f"Ray's process logs: {ray_logs_dir()}; Ray's driver logs: {driver_log} "
+              "(--verbose puts them on the console)", flush=True)
     requested = check_resources(study, address)
     tracker = SweepTracker(uri, study.experiment, study.name)
     try:
-        summary = _track_and_tune(study, tracker, resume, uri, stop, changes)
+        summary = _track_and_tune(study, tracker, resume, uri, stop, changes, verbose)
     except KeyboardInterrupt:
         tracker.safely(lambda: tracker.close_orphans("KILLED"))
         tracker.safely(lambda: tracker.finish(tracker.parent_id, "KILLED"))
@@ -474,7 +497,8 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
 
 
 def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri: str,
-                    stop: StopSignals, changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+                    stop: StopSignals, changes: dict[str, tuple[Any, Any]],
+                    verbose: bool = True) -> dict[str, Any]:
     from study.baseline import run_baseline
     from study.resume import RESUMES, STUDY_CONFIG
     from study.space import trial_params
@@ -496,7 +520,12 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
         pending_file=study.sweep_dir / PENDING_POINTS,
         stopped_at=lambda trial_id: stopped_trials(study.sweep_dir).get(trial_id))
     statuses = TrialStatuses()
-    tuner = make_tuner(study, [callback, statuses], resume)
+    callbacks = [callback, statuses]
+    if not verbose:
+        callbacks.append(TrialLines(study.objectives.names,
+                                    lambda config: trial_params(config, study),
+                                    lambda trial_id: stopped_trials(study.sweep_dir).get(trial_id)))
+    tuner = make_tuner(study, callbacks, resume, verbose)
     started = time.perf_counter()
     with stop.fitting():
         results = tuner.fit()
@@ -557,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     with StopSignals() as stop:
         try:
             study = load_study(args)
-            summary = run_sweep(study, args.address, args.resume, stop)
+            summary = run_sweep(study, args.address, args.resume, stop, args.verbose)
         except (ConfigError, FileNotFoundError, SweepError, TrackingError,
                 ResumeError) as error:
             print(f"error: {error}", file=sys.stderr)

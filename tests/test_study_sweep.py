@@ -233,3 +233,56 @@ def test_optuna_dashboard_shows_the_study_under_its_names(tiny_sweep):
     assert len(detail["trials"]) == summary["num_trials"] == 3
     for trial in detail["trials"]:
         assert {p["name"] for p in trial["params"]} == set(E2E_PARAMS)
+
+
+def test_trial_lines_and_the_driver_log_file(tmp_path):
+    import io
+    import logging
+    import math
+
+    from study.console import DRIVER_LOG, TrialLines, quiet_driver_logs
+
+    class Trial:
+        def __init__(self, trial_id, config, last_result):
+            self.trial_id, self.config, self.last_result = trial_id, config, last_result
+            self.error_file = None
+
+    out = io.StringIO()
+    lines = TrialLines(("quality", "diversity"), lambda config: config,
+                       lambda trial_id: 30 if trial_id == "b" else None, out)
+    lines.on_trial_start(0, [], Trial("a", {"sample.k": 3, "train.lr": 1e-4}, None))
+    lines.on_trial_complete(0, [], Trial("a", {}, {"step": 60, "quality": 61.234567,
+                                                   "diversity": math.nan}))
+    lines.on_trial_complete(0, [], Trial("b", {}, {"step": 30, "quality": 58.0}))
+    lines.on_trial_error(0, [], Trial("c", {}, None))
+    assert out.getvalue().splitlines() == [
+        "trial a started: sample.k=3, train.lr=0.0001",
+        "trial a finished at step 60: quality=61.23, diversity=nan",
+        "trial b stopped by MO-ASHA at step 30: quality=58, diversity=nan",
+        "trial c failed: unknown error"]
+    path = quiet_driver_logs(tmp_path)
+    logging.getLogger("ray.tune.test").warning("an internal warning")
+    assert path == tmp_path / DRIVER_LOG and "an internal warning" in path.read_text()
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers, ray_logger.propagate = [], True  # leave the process as it was
+    logging.captureWarnings(False)
+
+
+def test_the_console_is_one_line_per_trial_event_and_the_table(tiny_sweep):
+    """Quiet by default: each trial's start and end (or failure) on one line, the Pareto table;
+    Ray's process output and driver logs in files, named at start; at most 80 lines."""
+    tmp, summary, result = tiny_sweep
+    console = (result.stdout + result.stderr).splitlines()
+    assert len(console) <= 80, "\n".join(console)
+    for trial in summary["trials"]:
+        started = [line for line in console if line.startswith(f"trial {trial['trial_id']} "
+                                                                "started: ")]
+        assert len(started) == 1, started  # a restarted worker group is inside the trial
+        ended = "failed: " if trial["status"] == "ERROR" else "finished at step 4: quality="
+        assert any(line.startswith(f"trial {trial['trial_id']} {ended}") for line in console)
+    assert not [line for line in console if "Failed to query Ray Train Controller" in line
+                or "Reporting training result" in line or "(pid=" in line]
+    logs = next(line for line in console if line.startswith("Ray's process logs: "))
+    driver_log = tmp / "sweeps" / "e2e" / "logs" / "driver.log"
+    assert str(driver_log) in logs and driver_log.is_file()
+
