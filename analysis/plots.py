@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from analysis.runs import k_column
 from study.objectives import OBJECTIVE_METRICS, OBJECTIVES
+from study.overhead import SWEEP_PARTS, TRIAL_PARTS
 
 OBJECTIVE_KEYS = OBJECTIVES
 STATUS_MARKERS = {"FINISHED": "o", "FAILED": "x", "RUNNING": "^", "KILLED": "v"}
@@ -195,5 +196,37 @@ def category_breakdown(table: pd.DataFrame, metrics: Sequence[str] = OBJECTIVE_K
         axes.grid(alpha=0.3, axis="y")
     grid[0, 0].legend(fontsize=7, ncol=min(4, len(runs)))
     grid[0, 0].set_title("by prompt category")
+    figure.tight_layout()
+    return figure
+
+
+def time_breakdown(summary: dict) -> Figure:
+    """Where the sweep's wall went (``summary.json``, ``study.overhead``): one stacked bar for
+    the sweep (setup, baseline, trials, between trials, wrap-up) and one per timed trial
+    (Tune's start → its end, part by part), in seconds."""
+    timed = [(t["trial_id"], t["time"]) for t in summary["trials"] if t.get("time")]
+    overhead = summary["overhead"]
+    rows = [("sweep", {k: overhead["parts"][k] for k in SWEEP_PARTS})] + [
+        (f"trial {trial}", {k: parts[k] for k in TRIAL_PARTS}) for trial, parts in timed]
+    names = list(dict.fromkeys(k for _, parts in rows for k in parts))
+    colours = dict(zip(names, plt.get_cmap("tab20").colors))
+    figure, axes = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
+    for y, (_, parts) in enumerate(reversed(rows)):
+        left = 0.0
+        for name, seconds in parts.items():
+            width = max(0.0, seconds)
+            axes.barh(y, width, left=left, color=colours[name], label=name)
+            left += width
+    axes.set_yticks(range(len(rows)))
+    axes.set_yticklabels([label for label, _ in reversed(rows)], fontsize=8)
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes.legend(unique.values(), [n.removesuffix("_s") for n in unique], fontsize=7, ncol=5,
+                loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fraction = overhead.get("attributed_fraction")
+    axes.set(xlabel="seconds", title=f"sweep wall {overhead['sweep_wall_s']:.0f} s; measured "
+             + (f"{100 * fraction:.0f} %" if fraction is not None else "(trials overlap)")
+             + f"; {len(timed)} timed trial(s)")
+    axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
     return figure

@@ -27,6 +27,7 @@ from analysis.runs import (
     latest_artifact,
     load_runs,
     prompt_table,
+    sweep_summary,
 )
 from textcraftor.atomic import write_text_atomic
 
@@ -88,6 +89,11 @@ def build_report(study: StudyRuns, out: Path) -> Path:
                "trials over training.")
         figure("cost_vs_k", plots.cost_vs_k(runs, steps),
                "Cost of truncated back-propagation: median step time and peak memory against K.")
+    summary = sweep_summary(study)
+    if summary and (summary.get("overhead") or {}).get("parts"):
+        figure("time_breakdown", plots.time_breakdown(summary),
+               "Where the sweep's wall-clock time went: the sweep's parts, and each timed "
+               "trial's from Tune's start to its end (study.overhead).")
     grids = _sample_grids(study, out / "grids")
     if grids:
         figure("samples", plots.sample_grids(grids),

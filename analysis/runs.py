@@ -160,6 +160,21 @@ def download(client: MlflowClient, run_id: str, path: str, into: Path | None = N
     return Path(client.download_artifacts(run_id, path, str(into)))
 
 
+def sweep_summary(study: StudyRuns) -> dict | None:
+    """The ``summary.json`` the newest sweep among the study's runs logged to its parent run
+    (trials with their time parts, the overhead, the front), or None when none was logged."""
+    client = study.client()
+    experiment = client.get_experiment_by_name(study.experiment)
+    names = sorted(set(study.runs["sweep"].dropna()))
+    parents = [r for r in client.search_runs(
+        [experiment.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
+        order_by=["attributes.start_time DESC"]) if r.data.tags.get(SWEEP_TAG) in names]
+    for parent in parents:
+        if "summary.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]:
+            return json.loads(download(client, parent.info.run_id, "summary.json").read_text())
+    return None
+
+
 def interpolation_tables(study: StudyRuns) -> dict[str, pd.DataFrame]:
     """{trial_id: the quality dial table} of every trial run that has one logged
     (``python -m study.interpolation``): one row per interpolation weight a — alpha, the study's

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,3 +74,20 @@ class TrialLines(Callback):
 
         lines = trial_error_text(trial).strip().splitlines()
         self._print(f"trial {trial.trial_id} failed: {lines[-1] if lines else 'unknown error'}")
+
+
+class TrialClock(Callback):
+    """A Tune callback on the driver: when Tune started and saw the end of each trial."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.time())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.time()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.time()

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig, load_study_config, search_variants
-from study.console import TrialLines, quiet_driver_logs
+from study.console import TrialClock, TrialLines, quiet_driver_logs
 from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
 from study.moasha import stopped_trials
 from study.objectives import DIRECTIONS, OBJECTIVES
+from study.overhead import sweep_time, trial_time
 from study.resume import ResumeError, canonical_tracking_uri, check_resume
 from study.summary import hypervolume, pareto_table, summarize, write_summary
 from study.tracking import (
@@ -358,7 +359,8 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool, verbose: bool 
 
 
 def trial_records(results, study: StudyConfig, tracker: SweepTracker,
-                  statuses: TrialStatuses) -> list[dict[str, Any]]:
+                  statuses: TrialStatuses, clock: TrialClock | None = None
+                  ) -> list[dict[str, Any]]:
     """Every trial Tune knows of as a summary record: TERMINATED or ERROR when it ran to its
     end, STOPPED when MO-ASHA stopped it at a rung (``stopped_at_step``), INTERRUPTED when it
     started and the sweep was stopped, NOT_STARTED when it never started."""
@@ -382,28 +384,14 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
             "train_time_s": last.get("train_time_s"),
             "startup_s": last.get("startup_s"),
             "trial_wall_s": last.get("time_total_s"),
+            # study.overhead.trial_time: the trial's measured parts (None: never reported its end)
+            "time": trial_time(last, clock.started.get(trial.trial_id),
+                               clock.ended.get(trial.trial_id)) if clock else None,
             "error": _error(trial),
             "mlflow_run_id": tracker.run_id(trial.trial_id),
             "run_dir": str(study.sweep_dir / "trials" / trial.trial_id),
         })
     return sorted(records, key=lambda r: r["trial_id"])
-
-
-def overhead(trials: list[dict[str, Any]], sweep_wall_s: float) -> dict[str, float | None]:
-    """Where this run of the sweep spent its time: training steps against everything else."""
-    def total(key):
-        values = [t[key] for t in trials if isinstance(t.get(key), (int, float))]
-        return sum(values) if values else None
-
-    train, startup = total("train_time_s"), total("startup_s")
-    counted = [t for t in trials if isinstance(t.get("startup_s"), (int, float))]
-    return {
-        "sweep_wall_s": sweep_wall_s,
-        "train_time_s": train,
-        "trial_wall_s": total("trial_wall_s"),
-        "train_fraction_of_sweep": train / sweep_wall_s if train and sweep_wall_s else None,
-        "startup_s_per_trial": startup / len(counted) if counted else None,
-    }
 
 
 def baseline_record(tracker: SweepTracker) -> dict[str, Any] | None:
@@ -438,6 +426,7 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     the driver's signal handling (``Tuner.fit()`` stops on SIGINT/SIGTERM and the summary says
     so); a signal outside ``fit()`` raises KeyboardInterrupt, with the MLflow runs closed.
     ``verbose`` False: the quiet console of ``study.console``."""
+    marks = {"started": time.time()}  # study.overhead.sweep_time's timestamps
     stop = stop or StopSignals()
     uri = resolve_tracking_uri(study.tracking_uri)
     check_tracking_uri(uri)
@@ -459,7 +448,7 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     requested = check_resources(study, address)
     tracker = SweepTracker(uri, study.experiment, study.name)
     try:
-        summary = _track_and_tune(study, tracker, resume, uri, stop, changes, verbose)
+        summary = _track_and_tune(study, tracker, resume, uri, stop, changes, verbose, marks)
     except KeyboardInterrupt:
         tracker.safely(lambda: tracker.close_orphans("KILLED"))
         tracker.safely(lambda: tracker.finish(tracker.parent_id, "KILLED"))
@@ -498,7 +487,8 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
 
 def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri: str,
                     stop: StopSignals, changes: dict[str, tuple[Any, Any]],
-                    verbose: bool = True) -> dict[str, Any]:
+                    verbose: bool = True, marks: dict[str, float] | None = None
+                    ) -> dict[str, Any]:
     from study.baseline import run_baseline
     from study.resume import RESUMES, STUDY_CONFIG
     from study.space import trial_params
@@ -513,23 +503,28 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     if changes:
         tracker.safely(lambda: tracker.client.log_artifact(parent, str(study.sweep_dir
                                                                        / RESUMES)))
+    marks = marks if marks is not None else {"started": time.time()}
+    marks["baseline_started"] = time.time()
     run_baseline(study, tracker)
+    marks["baseline_ended"] = time.time()
     callback = MlflowTrialCallback(
         tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
         lambda trial_id: study.sweep_dir / "trials" / trial_id,
         pending_file=study.sweep_dir / PENDING_POINTS,
         stopped_at=lambda trial_id: stopped_trials(study.sweep_dir).get(trial_id))
     statuses = TrialStatuses()
-    callbacks = [callback, statuses]
+    clock = TrialClock()
+    callbacks = [callback, statuses, clock]
     if not verbose:
         callbacks.append(TrialLines(study.objectives.names,
                                     lambda config: trial_params(config, study),
                                     lambda trial_id: stopped_trials(study.sweep_dir).get(trial_id)))
     tuner = make_tuner(study, callbacks, resume, verbose)
-    started = time.perf_counter()
+    marks["fit_started"] = time.time()
     with stop.fitting():
         results = tuner.fit()
-    summary = summarize(trial_records(results, study, tracker, statuses),
+    marks["fit_ended"] = time.time()
+    summary = summarize(trial_records(results, study, tracker, statuses, clock),
                         study.objectives.names)
     summary.update({"name": study.name, "num_samples": study.tuner.num_samples,
                     # how much of the study the sampler drew at random (Optuna's start-up)
@@ -542,7 +537,9 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
                     "interrupted_by": stop.received.name if stop.received else None,
                     "mlflow_parent_run_id": parent,
                     "tracking_uri": uri, "experiment": study.experiment,
-                    "overhead": overhead(summary["trials"], time.perf_counter() - started),
+                    "overhead": sweep_time({**marks, "ended": time.time()}, [
+                        (clock.started[t], clock.ended[t]) for t in clock.started
+                        if t in clock.ended], [t["time"] for t in summary["trials"]]),
                     "baseline": baseline_record(tracker),
                     "tracking_errors": list(tracker.errors)})
     summary["steps_trained"] = sum(t["steps"] for t in summary["trials"]

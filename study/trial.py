@@ -51,9 +51,14 @@ class RayTrainReporter:
         self.attempt = uuid.uuid4().hex  # this worker group's id (rank 0's is the one Tune sees)
         self.objectives = study_objectives({})  # every objective NaN until an evaluation
         self.trial_started_at = trial_started_at
-        # train_time_s: time inside optimizer steps; startup_s: trial start → first step begins;
+        # study.overhead's parts of this worker group's time (seconds): train_time_s inside
+        # optimizer steps; eval_s, checkpoint_s since the event before; report_s inside
+        # reports; worker_start_s, import_s, load_s set by train_worker; startup_s: trial start
+        # → first step begins; worker_wall_s (at the end): trial start → the end event;
         # peak_memory_mb (at the end): see peak_memory_mb
-        self.timing = {"train_time_s": 0.0}
+        self.timing = {"train_time_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0,
+                       "report_s": 0.0, "trial_started_at": trial_started_at}
+        self.last_event_at = time.time()  # train_worker sets it when the run is built
         self.report_every = report_every
         self.buffered: list[dict[str, Any]] = []
         self.worker_nodes = ""  # Ray node ids of the ranks, in rank order, distinct
@@ -70,6 +75,15 @@ class RayTrainReporter:
             self._send("step", step, {}, checkpoint=None)
 
     def __call__(self, event) -> None:  # event: textcraftor.events.TrainEvent
+        now = time.time()
+        if event.kind in ("eval", "checkpoint"):  # what happened since the event before
+            self.timing[f"{event.kind}_s"] += now - self.last_event_at
+        try:
+            self._on_event(event, now)
+        finally:
+            self.last_event_at = time.time()
+
+    def _on_event(self, event, now: float) -> None:
         if event.kind == "step":
             self.timing["train_time_s"] += event.metrics["step_s"]
             if "startup_s" not in self.timing:
@@ -77,6 +91,7 @@ class RayTrainReporter:
                                             - event.metrics["step_s"])
         if event.kind == "end":
             self.timing["peak_memory_mb"] = peak_memory_mb()
+            self.timing["worker_wall_s"] = now - self.trial_started_at
         if event.kind == "eval":
             # quality reads eval/quality: the study's fixed weights (the run's
             # eval.quality_weights, set by study.space.trial_run_config)
@@ -92,9 +107,12 @@ class RayTrainReporter:
             checkpoint = ray.train.Checkpoint.from_directory(event.path)
         self._send(event.kind, event.step, event.metrics if event.kind == "eval" else {},
                    checkpoint)
-        if (event.kind == "eval" and event.step in self.rungs and self.ask is not None
-                and self.ask(event.step) == "STOP" and self.stop is not None):
-            self.stop()  # every rank reads the same decision: all stop at this step
+        if event.kind == "eval" and event.step in self.rungs and self.ask is not None:
+            asked = time.time()
+            decision = self.ask(event.step)
+            self.timing["report_s"] += time.time() - asked
+            if decision == "STOP" and self.stop is not None:
+                self.stop()  # every rank reads the same decision: all stop at this step
 
     def _send(self, kind: str, step: int, own: Mapping[str, float], checkpoint) -> None:
         metrics = {**own, **self.objectives, **self.timing, "step": step, "event": kind,
@@ -102,7 +120,9 @@ class RayTrainReporter:
                    "attempt": self.attempt}
         self.buffered = []
         name = f"step_{step:07d}" if kind == "checkpoint" else None
+        started = time.time()
         self.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.timing["report_s"] += time.time() - started
 
 
 class InjectedCrash(RuntimeError):
@@ -151,11 +171,13 @@ def worker_node_ids(world_size: int) -> str:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
+    entered = time.time()
     import torch
 
     from textcraftor.events import NonFiniteLossError
     from textcraftor.trainer import TextCraftor
 
+    imported = time.time()
     run = from_dict(RunConfig, loop_config["run"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -183,6 +205,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             trainer.restore(folder)
         reporter.timing["resumed_from_step"] = float(trainer.step)  # a restarted worker group
+    reporter.timing.update(worker_start_s=entered - loop_config["trial_started_at"],
+                           import_s=imported - entered, load_s=time.time() - imported)
+    reporter.last_event_at = time.time()
     try:
         trainer.fit()
     except NonFiniteLossError:  # every rank stops at the same step: the steps before it count

@@ -196,7 +196,8 @@ def test_report_opens_in_chromium_with_every_image(store, dial, run_module, tmp_
     assert result.returncode == 0, result.stderr[-4000:]
     page = (out / "report.html").read_text()
     for figure in ("quality_vs_diversity", "objectives_vs_params", "training_curves",
-                   "cost_vs_k", "samples", "by_category", f"interpolation_{dial['trial_id']}"):
+                   "cost_vs_k", "samples", "by_category", f"interpolation_{dial['trial_id']}",
+                   "time_breakdown"):
         assert (out / "figures" / f"{figure}.png").is_file(), figure
         assert (out / "figures" / f"{figure}.svg").is_file(), figure
         assert f"figures/{figure}.png" in page

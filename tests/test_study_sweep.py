@@ -286,3 +286,27 @@ def test_the_console_is_one_line_per_trial_event_and_the_table(tiny_sweep):
     driver_log = tmp / "sweeps" / "e2e" / "logs" / "driver.log"
     assert str(driver_log) in logs and driver_log.is_file()
 
+
+
+def test_the_sweep_wall_is_accounted_for_part_by_part(tiny_sweep):
+    """summary.json's overhead: the sweep's parts sum to its wall; each trial that reported
+    its end is cut into measured parts (study.overhead) that sum to its wall; the failed trial
+    (no end) is untimed."""
+    from study.overhead import SWEEP_PARTS, TRIAL_PARTS
+
+    _, summary, _ = tiny_sweep
+    overhead = summary["overhead"]
+    assert list(overhead["parts"]) == list(SWEEP_PARTS)
+    assert sum(overhead["parts"].values()) == pytest.approx(overhead["sweep_wall_s"], rel=1e-6)
+    assert all(seconds >= 0 for seconds in overhead["parts"].values()), overhead["parts"]
+    timed = {t["trial_id"]: t["time"] for t in summary["trials"] if t["time"]}
+    failed = [t["trial_id"] for t in summary["trials"] if t["status"] == "ERROR"]
+    assert len(timed) == 2 and not set(failed) & set(timed)
+    for trial_id, parts in timed.items():
+        assert sum(parts[k] for k in TRIAL_PARTS) == pytest.approx(parts["wall_s"])
+        for name in ("actor_start_s", "worker_start_s", "import_s", "load_s", "train_s",
+                     "eval_s", "checkpoint_s", "report_s", "teardown_s"):
+            assert parts[name] >= 0, (trial_id, name, parts)
+        assert parts["train_s"] > 0 and parts["import_s"] > 0 and parts["eval_s"] > 0
+    assert 0 < overhead["attributed_fraction"] <= 1
+    assert overhead["trials_timed"] == 2
