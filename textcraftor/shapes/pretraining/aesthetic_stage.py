@@ -12,7 +12,7 @@ from transformers import CLIPModel
 from textcraftor.rewards.aesthetic import AestheticHead
 from textcraftor.shapes.pretraining.clip_stage import clip_pixels
 from textcraftor.shapes.pretraining.config import WIDTH, PretrainConfig
-from textcraftor.shapes.pretraining.loop import Clock, adamw, run_stage
+from textcraftor.shapes.pretraining.loop import Clock, adamw, descend, run_stage
 from textcraftor.shapes.quality import quality_score
 from textcraftor.shapes.world import ShapesDataset
 
@@ -60,11 +60,7 @@ def train_aesthetic(config: PretrainConfig, clock: Clock, clip: CLIPModel,
     def step(_: int) -> float:
         pick = torch.randint(0, split, (256,), generator=generator)
         loss = F.mse_loss(head(x[pick]).squeeze(-1), y[pick])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr.step()
-        return loss.item()
+        return descend(loss, optimizer, lr)
 
     head.train()
     stats = run_stage("aesthetic", config.aesthetic_steps, clock, step)

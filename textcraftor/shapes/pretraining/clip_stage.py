@@ -15,7 +15,7 @@ from textcraftor.models import CLIP_VOCAB_SIZE
 from textcraftor.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from textcraftor.sampler import PromptTokenizer
 from textcraftor.shapes.pretraining.config import IMAGE_SIZE, WIDTH, PretrainConfig
-from textcraftor.shapes.pretraining.loop import Clock, adamw, run_stage
+from textcraftor.shapes.pretraining.loop import Clock, adamw, descend, run_stage
 from textcraftor.shapes.world import caption_words
 
 
@@ -84,11 +84,7 @@ def train_clip(config: PretrainConfig, clock: Clock, tokens: PromptTokenizer,
         if probe is not None:
             loss = loss + config.word_identity_weight * word_identity_loss(
                 out.text_model_output.last_hidden_state, ids, classes, probe, end_of_text)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr.step()
-        return loss.item()
+        return descend(loss, optimizer, lr)
 
     stats = run_stage("clip", config.clip_steps, clock, step)
     return model.eval().requires_grad_(False), stats

@@ -59,6 +59,16 @@ def adamw(module: torch.nn.Module, lr: float, steps: int, weight_decay: float = 
     return optimizer, schedule(optimizer, steps)
 
 
+def descend(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+            lr: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """One optimizer step on ``loss`` (a scalar) and one schedule step; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    lr.step()
+    return loss.item()
+
+
 def run_stage(name: str, steps: int, clock: Clock, step: Callable[[int], float],
               every: int = 0, check: Callable[[int], dict] | None = None) -> dict:
     """Call ``step(i)`` (returns the loss) ``steps`` times or until the clock runs out;

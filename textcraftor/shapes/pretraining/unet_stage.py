@@ -19,7 +19,7 @@ from textcraftor.models import sd15_scheduler
 from textcraftor.sampler import PromptTokenizer
 from textcraftor.shapes.cells import LATENT_FACTOR, shape_mask
 from textcraftor.shapes.pretraining.config import IMAGE_SIZE, WIDTH, PretrainConfig
-from textcraftor.shapes.pretraining.loop import Clock, adamw, run_stage
+from textcraftor.shapes.pretraining.loop import Clock, adamw, descend, run_stage
 from textcraftor.shapes.world import ShapesDataset
 
 UNET_CHANNELS = (48, 96)
@@ -100,11 +100,7 @@ def train_unet(config: PretrainConfig, clock: Clock, tokens: PromptTokenizer,
         error = unet(noisy, t, encoder_hidden_states=context).sample - noise
         weights = unet_loss_weights(noise_schedule, t, pool.shape_masks[pick])
         loss = (weights * error**2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr.step()
-        return loss.item()
+        return descend(loss, optimizer, lr)
 
     def progress(_: int) -> dict:
         unet.eval()

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL
 
 from textcraftor.shapes.cells import shape_mask
 from textcraftor.shapes.pretraining.config import IMAGE_SIZE, PretrainConfig
-from textcraftor.shapes.pretraining.loop import Clock, adamw, run_stage
+from textcraftor.shapes.pretraining.loop import Clock, adamw, descend, run_stage
 
 SHAPE_WEIGHT = 8.0  # VAE loss: extra weight of shape pixels (no corner touches a shape)
 
@@ -43,11 +43,7 @@ def train_vae(config: PretrainConfig, clock: Clock,
         # early training fight unit-variance noise until the variance shrinks
         error = vae.decode(posterior.mean).sample - x
         loss = (weights * (error**2 + error.abs())).mean() + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr.step()
-        return loss.item()
+        return descend(loss, optimizer, lr)
 
     stats = run_stage("vae", config.vae_steps, clock, step)
     vae.eval().requires_grad_(False)
