@@ -112,7 +112,7 @@ def build_report(study: StudyRuns, out: Path) -> Path:
     for trial, table in dials.items():
         figure(f"interpolation_{trial}", plots.interpolation_curve(table, trial),
                f"Interpolating the original and fine-tuned encoders of trial {trial} "
-               f"(N = {_n_images(table)} images per point).")
+               f"(images per point: {_n_images(table)}).")
         sections.append(f"<h2>Interpolation: trial {html.escape(trial)}</h2>" + _table(
             table[[c for c in ("alpha", *OBJECTIVES, "num_prompts", "num_seeds")
                    if c in table]]))
@@ -164,7 +164,7 @@ def _table(frame: pd.DataFrame) -> str:
 def _n_images(table: pd.DataFrame) -> str:
     if {"num_prompts", "num_seeds"} <= set(table.columns):
         prompts, seeds = int(table["num_prompts"].iloc[0]), int(table["num_seeds"].iloc[0])
-        return f"{prompts * seeds}: {prompts} prompts × {seeds} seeds"
+        return f"N = {prompts * seeds}, {prompts} prompts × {seeds} seeds"
     return "unknown"
 
 
