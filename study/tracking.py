@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # Tune's own bookkeeping in every result: not worth a metric in MLflow
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
               "time_since_restore", "iterations_since_restore", "done", "step", "config",
-              "step_history"}
+              "step_history",
+              "trial_started_at"}  # an epoch timestamp for study.overhead, not a metric
 
 
 T = TypeVar("T")
