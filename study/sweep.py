@@ -291,9 +291,10 @@ def make_searcher(study: StudyConfig):
     from study.space import DefineByRun, reference_point
 
     t = study.tuner
-    options = {"tpe": {"n_startup_trials": t.random_trials()},
-               "gp": {"n_startup_trials": t.random_trials()},
-               "nsga2": {"population_size": t.random_trials()}}.get(t.sampler, {})
+    # the random start: TPE's and GP's start-up trials, NSGA-II's first generation
+    option = {"tpe": "n_startup_trials", "gp": "n_startup_trials",
+              "nsga2": "population_size"}.get(t.sampler)
+    options = {option: t.random_trials()} if option else {}
     samplers = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler,
                 "nsga2": optuna.samplers.NSGAIISampler, "random": optuna.samplers.RandomSampler}
     storage_url = t.storage or f"sqlite:///{study.sweep_dir / 'optuna.db'}"
@@ -487,8 +488,7 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
 
 def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri: str,
                     stop: StopSignals, changes: dict[str, tuple[Any, Any]],
-                    verbose: bool = True, marks: dict[str, float] | None = None
-                    ) -> dict[str, Any]:
+                    verbose: bool, marks: dict[str, float]) -> dict[str, Any]:
     from study.baseline import run_baseline
     from study.resume import RESUMES, STUDY_CONFIG
     from study.space import trial_params
@@ -503,7 +503,6 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     if changes:
         tracker.safely(lambda: tracker.client.log_artifact(parent, str(study.sweep_dir
                                                                        / RESUMES)))
-    marks = marks if marks is not None else {"started": time.time()}
     marks["baseline_started"] = time.time()
     run_baseline(study, tracker)
     marks["baseline_ended"] = time.time()
