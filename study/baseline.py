@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,25 @@ BASELINE_ID = "baseline"
 
 def evaluate_untuned(run: dict[str, Any], torch_threads: int) -> dict[str, Any]:
     """Evaluate the base pipeline at step 0 (on whichever node Ray chose); returns {"metrics",
-    "grid_png": PNG bytes, "table": the per-prompt table} for the driver to store and log."""
+    "grid_png": PNG bytes, "table": the per-prompt table, "time": seconds spent importing the
+    method (import_s), building the run (load_s) and evaluating (eval_s)} for the driver to
+    store and log."""
+    entered = time.time()
     import torch
 
     from textcraftor.config import RunConfig
     from textcraftor.run_folder import save_grid
     from textcraftor.trainer import TextCraftor
 
+    imported = time.time()
     torch.set_num_threads(torch_threads)
     config = from_dict(RunConfig, run)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = TextCraftor(config, device=device, show_progress=False)
+    built = time.time()
     result = trainer.evaluate()
+    timing = {"import_s": imported - entered, "load_s": built - imported,
+              "eval_s": time.time() - built}
     with tempfile.TemporaryDirectory() as folder:
         grid_png = save_grid(result, Path(folder) / "grid.png").read_bytes()
     metrics = dict(result.metrics)
@@ -39,12 +47,15 @@ def evaluate_untuned(run: dict[str, Any], torch_threads: int) -> dict[str, Any]:
     metrics["model/text_encoder_params"] = float(
         sum(p.numel() for p in trainer.pipeline.text_encoder.parameters()))
     metrics["model/unet_params"] = float(sum(p.numel() for p in trainer.pipeline.unet.parameters()))
-    return {"metrics": metrics, "grid_png": grid_png, "table": result.table(0)}
+    return {"metrics": metrics, "grid_png": grid_png, "table": result.table(0), "time": timing}
 
 
-def run_baseline(study: StudyConfig, tracker) -> str | None:
+def run_baseline(study: StudyConfig, tracker, timing: dict[str, float] | None = None
+                 ) -> str | None:
     """Log the baseline as an MLflow child run (kind ``baseline``) unless a finished one exists;
-    returns its run id. A failure is recorded (FAILED, with the error) and the sweep goes on."""
+    returns its run id. A failure is recorded (FAILED, with the error) and the sweep goes on.
+    ``timing`` (when given, and the baseline is evaluated now) receives the task's
+    ``evaluate_untuned`` time parts."""
     import ray
 
     existing = tracker.safely(tracker.baseline_run)
@@ -67,6 +78,8 @@ def run_baseline(study: StudyConfig, tracker) -> str | None:
             tracker.safely(lambda: tracker.client.set_tag(run_id, "error", message))
             tracker.safely(lambda: tracker.finish(run_id, "FAILED"))
         return run_id
+    if timing is not None:
+        timing.update(out["time"])
     grid = run_dir / "samples" / "step_0000000.png"
     grid.parent.mkdir(parents=True, exist_ok=True)
     grid.write_bytes(out["grid_png"])

@@ -241,7 +241,7 @@ class TunerConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    num_workers: int = 2  # Ray Train (DDP) workers per trial
+    num_workers: int = 2  # Ray Train (DDP) workers per trial; 0: one rank in the trial process
     cpus_per_worker: float = 0.5  # fractional CPUs fit several processes on a small machine
     gpus_per_worker: float = 0.0  # GPUs per worker (1 on a GPU cluster)
     trial_cpus: float = 0.1  # the Tune trial process that drives the TorchTrainer
@@ -252,8 +252,9 @@ class ResourcesConfig:
         default_factory=lambda: types.MappingProxyType({}))  # {head_node: 0.01}: on the head
 
     def __post_init__(self) -> None:
-        require(self.num_workers >= 1, "resources.num_workers",
-                f"must be >= 1, got {self.num_workers}")
+        require(self.num_workers >= 0, "resources.num_workers",
+                f"must be >= 0 (0: one rank inside the Tune trial process, Ray Train's local "
+                f"mode), got {self.num_workers}")
         require(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
         require(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "must be >= 0")
         require(self.trial_cpus > 0, "resources.trial_cpus", "must be > 0")
@@ -267,9 +268,23 @@ class ResourcesConfig:
                     f"resources.trial_resources.{name}",
                     "custom resources only (CPU is trial_cpus), each > 0")
 
+    @property
+    def in_process(self) -> bool:
+        """The trial's one rank runs in the Tune trial process (``num_workers: 0``)."""
+        return self.num_workers == 0
+
     def trial_bundle(self) -> dict[str, float]:
-        """What the Tune trial process itself holds."""
-        return {"CPU": self.trial_cpus, **self.trial_resources}
+        """What the Tune trial process itself holds (in-process: its rank's resources too)."""
+        if not self.in_process:
+            return {"CPU": self.trial_cpus, **self.trial_resources}
+        bundle = {"CPU": self.trial_cpus + self.cpus_per_worker, **self.trial_resources}
+        if self.gpus_per_worker:
+            bundle["GPU"] = self.gpus_per_worker
+        return bundle
+
+    def bundles(self) -> list[dict[str, float]]:
+        """Every resource bundle one trial holds: its own, then each worker's."""
+        return [self.trial_bundle()] + [self.worker_bundle()] * self.num_workers
 
     def worker_bundle(self) -> dict[str, float]:
         """What each Ray Train worker holds."""

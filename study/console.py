@@ -45,7 +45,8 @@ def _fmt(value: Any) -> str:
 
 class TrialLines(Callback):
     """A Tune callback that prints one line when a trial starts (its searched values), ends
-    (its step and objectives; stopped early, with the rung) or fails (the error's last line)."""
+    (its step and objectives; stopped early, with the rung), fails (the error's last line) or
+    fails and is restarted by Tune (in-process trials, ``resources.max_failures``)."""
 
     def __init__(self, objectives: Sequence[str], params_of: Callable[[Mapping], Mapping],
                  stopped_at: Callable[[str], int | None], out: TextIO | None = None):
@@ -53,13 +54,24 @@ class TrialLines(Callback):
         self.params_of = params_of  # trial config -> {run-config path: value}
         self.stopped_at = stopped_at  # trial id -> the rung MO-ASHA stopped it at, or None
         self.out = out
+        self.started: set[str] = set()  # a second start is Tune's restart: its line was printed
 
     def _print(self, line: str) -> None:
         print(line, file=self.out or sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.started:
+            return
+        self.started.add(trial.trial_id)
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params_of(trial.config).items())
         self._print(f"trial {trial.trial_id} started: {values}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        from study.tracking import trial_error_text
+
+        lines = trial_error_text(trial).strip().splitlines()
+        self._print(f"trial {trial.trial_id} failed, restarting from its last checkpoint: "
+                    f"{lines[-1] if lines else 'unknown error'}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -77,14 +89,18 @@ class TrialLines(Callback):
 
 
 class TrialClock(Callback):
-    """A Tune callback on the driver: when Tune started and saw the end of each trial."""
+    """A Tune callback on the driver: when Tune first started each trial, when it last
+    (re)started it (Tune restarts a failed in-process trial), and when it saw the end."""
 
     def __init__(self) -> None:
         self.started: dict[str, float] = {}
+        self.last_started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.started.setdefault(trial.trial_id, time.time())
+        now = time.time()
+        self.started.setdefault(trial.trial_id, now)
+        self.last_started[trial.trial_id] = now
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = time.time()

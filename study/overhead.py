@@ -3,7 +3,10 @@ no torch: the analysis reads the part names; ``study.console.TrialClock`` takes 
 
 A trial, from Tune starting it to Tune seeing it end, is cut into measured parts:
 
-- ``actor_start_s``: Tune's trial start (driver) → the trial function running (its actor);
+- ``retried_s``: attempts that failed and that Tune restarted (in-process trials), from its
+  first start to its last;
+- ``actor_start_s``: Tune's (last) trial start (driver) → the trial function running (its
+  actor);
 - ``worker_start_s``: the trial function → its Ray Train workers entering the training
   function (Train controller, placement group, worker processes);
 - ``import_s``: the workers importing the method (diffusers, transformers, open_clip; torch
@@ -19,11 +22,14 @@ A trial, from Tune starting it to Tune seeing it end, is cut into measured parts
   shut down, the driver's callbacks).
 
 The sweep adds ``setup_s`` (checks, Ray start), ``baseline_s`` (the untuned model's
-evaluation), ``between_trials_s`` (time inside ``Tuner.fit`` when no trial runs) and
+evaluation: a Ray task, itself cut into ``baseline_parts`` import_s, load_s, eval_s),
+``between_trials_s`` (time inside ``Tuner.fit`` when no trial runs) and
 ``wrap_up_s`` (summary, MLflow). Times are wall-clock seconds (``time.time``; on a cluster the
 nodes' clocks must agree). ``attributed_fraction`` is the measured parts' share of the sweep's
 wall: ``other_in_trial_s`` and untimed trials are its residual (None when trials overlap: then
-the trials' parts are trial-seconds, not shares of the wall).
+the trials' parts are trial-seconds, not shares of the wall). ``train_eval_fraction_of_sweep``
+is the share of the wall spent training and evaluating: the trials' ``train_s`` and ``eval_s``
+and the baseline's ``eval_s`` (the work a sweep exists to do; the rest is its fixed cost).
 """
 
 from __future__ import annotations
@@ -32,35 +38,43 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # the parts of a trial, in the order they happen (the report stacks them in this order)
-TRIAL_PARTS = ("actor_start_s", "worker_start_s", "import_s", "load_s", "train_s", "eval_s",
+TRIAL_PARTS = ("retried_s", "actor_start_s", "worker_start_s", "import_s", "load_s", "train_s", "eval_s",
                "checkpoint_s", "report_s", "other_in_trial_s", "teardown_s")
 SWEEP_PARTS = ("setup_s", "baseline_s", "trials_s", "between_trials_s", "wrap_up_s")
 
 
 def trial_time(last_result: Mapping[str, Any], tune_started: float | None,
-               tune_ended: float | None) -> dict[str, float] | None:
-    """The measured parts of one trial (seconds, ``TRIAL_PARTS``) and ``wall_s``, from its last
-    result's timing (``study.trial.RayTrainReporter``) and the driver's ``TrialClock``; None
-    when the trial never reported its end (it failed or was interrupted)."""
+               tune_ended: float | None, tune_last_started: float | None = None
+               ) -> dict[str, float] | None:
+    """The measured parts of one trial (seconds, ``TRIAL_PARTS``), ``wall_s`` and
+    ``started_at`` (Tune's start, epoch seconds), from its last result's timing
+    (``study.trial.RayTrainReporter``) and the driver's ``TrialClock`` (``tune_last_started``:
+    Tune's last start of it, when it restarted the trial); None when the trial never reported
+    its end (it failed or was interrupted)."""
     inside = last_result.get("worker_wall_s")
     began = last_result.get("trial_started_at")
     if inside is None or began is None or tune_started is None or tune_ended is None:
         return None
-    parts = {"actor_start_s": began - tune_started,
+    last_start = tune_last_started if tune_last_started is not None else tune_started
+    parts = {"retried_s": last_start - tune_started, "actor_start_s": began - last_start,
              **{k: float(last_result.get(k, 0.0)) for k in (
                  "worker_start_s", "import_s", "load_s", "eval_s", "checkpoint_s", "report_s")},
              "train_s": float(last_result.get("train_time_s", 0.0))}
-    measured_inside = sum(parts[k] for k in parts if k != "actor_start_s")
+    measured_inside = sum(parts[k] for k in parts if k not in ("retried_s", "actor_start_s"))
     parts["other_in_trial_s"] = inside - measured_inside
     parts["teardown_s"] = tune_ended - (began + inside)
-    return {**{k: parts[k] for k in TRIAL_PARTS}, "wall_s": tune_ended - tune_started}
+    return {**{k: parts[k] for k in TRIAL_PARTS}, "wall_s": tune_ended - tune_started,
+            "started_at": tune_started}
 
 
 def sweep_time(marks: Mapping[str, float], intervals: Sequence[tuple[float, float]],
-               trials: Sequence[Mapping[str, float] | None]) -> dict[str, Any]:
+               trials: Sequence[Mapping[str, float] | None],
+               baseline_parts: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The sweep's wall cut into ``SWEEP_PARTS`` and the trials' parts summed. ``marks``:
     started, baseline_started, baseline_ended, fit_started, fit_ended, ended (``time.time``);
-    ``intervals``: each trial's (Tune start, Tune end); ``trials``: ``trial_time`` of each."""
+    ``intervals``: each trial's (Tune start, Tune end); ``trials``: ``trial_time`` of each;
+    ``baseline_parts``: the baseline task's import_s, load_s, eval_s (empty or None when the
+    baseline was not evaluated by this driver, e.g. on a resume)."""
     wall = marks["ended"] - marks["started"]
     covered = _union_length(intervals)
     fit = marks["fit_ended"] - marks["fit_started"]
@@ -79,17 +93,31 @@ def sweep_time(marks: Mapping[str, float], intervals: Sequence[tuple[float, floa
     # (failed, interrupted) is unattributed, and so is everything when trials overlap
     measured = (parts["setup_s"] + parts["baseline_s"] + parts["between_trials_s"]
                 + parts["wrap_up_s"] + sum(t["wall_s"] - t["other_in_trial_s"] for t in known))
+    baseline = dict(baseline_parts or {})
+    work = summed["train_s"] + summed["eval_s"] + baseline.get("eval_s", 0.0)
     return {
         "sweep_wall_s": wall,
         "parts": parts,
+        "baseline_parts": baseline,
         "trial_parts_summed": summed,
         "trials_timed": len(known),
         "train_fraction_of_sweep": summed["train_s"] / wall if wall > 0 else None,
-        "startup_s_per_trial": (sum(t["actor_start_s"] + t["worker_start_s"] + t["import_s"]
-                                    + t["load_s"] for t in known) / len(known)
-                                if known else None),
+        "train_eval_fraction_of_sweep": work / wall if wall > 0 else None,
+        "startup_s_per_trial": _mean([_startup(t) for t in known]),
+        # the first trial's process may import the method; later ones may reuse it
+        "startup_s_per_trial_after_first": _mean([_startup(t) for t in sorted(
+            known, key=lambda t: t.get("started_at", 0.0))[1:]]),
         "attributed_fraction": (measured / wall if wall > 0 and not overlapping else None),
     }
+
+
+def _startup(trial: Mapping[str, float]) -> float:
+    """Tune's start of the trial → its first training step can begin."""
+    return trial["actor_start_s"] + trial["worker_start_s"] + trial["import_s"] + trial["load_s"]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _union_length(intervals: Sequence[tuple[float, float]]) -> float:

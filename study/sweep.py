@@ -261,8 +261,10 @@ def check_resources(study: StudyConfig, address: str | None) -> bool:
 
     r = study.resources
     total = ray.cluster_resources()
-    need = {"CPU": r.trial_cpus + r.num_workers * r.cpus_per_worker,
-            "GPU": r.num_workers * r.gpus_per_worker, **r.trial_resources}
+    need = {"CPU": 0.0, "GPU": 0.0}
+    for bundle in r.bundles():
+        for name, amount in bundle.items():
+            need[name] = need.get(name, 0.0) + amount
     short = {k: v for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
     if not short:
         return False
@@ -270,15 +272,15 @@ def check_resources(study: StudyConfig, address: str | None) -> bool:
     has = " and ".join(f"{total.get(k, 0.0):g} {k}" for k in need if need[k] or k in short)
     if address is None:
         raise SweepError(
-            f"one trial needs {needs} (trial_cpus + trial_resources + num_workers × per-worker "
-            f"resources) but the cluster has {has}; lower resources.num_workers / "
+            f"one trial needs {needs} (trial_cpus + trial_resources + max(1, num_workers) × "
+            f"per-worker resources) but the cluster has {has}; lower resources.num_workers / "
             "cpus_per_worker / gpus_per_worker or add nodes")
     from ray.autoscaler.sdk import request_resources
 
     log.warning("one trial needs %s but the cluster has %s now: asking the autoscaler for it; "
                 "trials wait until nodes join (without an autoscaler they wait forever)",
                 needs, has)
-    request_resources(bundles=[r.trial_bundle()] + [r.worker_bundle()] * r.num_workers)
+    request_resources(bundles=r.bundles())
     return True
 
 
@@ -321,8 +323,12 @@ def make_trainable(study: StudyConfig):
 
     from study.trial import run_trial
 
-    return tune.with_resources(tune.with_parameters(run_trial, study=to_dict(study)),
-                               study.resources.trial_bundle())
+    trainable = tune.with_resources(tune.with_parameters(run_trial, study=to_dict(study)),
+                                    study.resources.trial_bundle())
+    # what Tune's console tables show of a result (its error and restart notices print the
+    # last one): the step and the objectives, not every timing field and the step history
+    trainable._progress_metrics = ["step", *study.objectives.names]
+    return trainable
 
 
 def make_tuner(study: StudyConfig, callbacks: list, resume: bool, verbose: bool = True):
@@ -336,6 +342,7 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool, verbose: bool 
         # its MLflow client); this driver's callbacks take their place.
         tuner._local_tuner.get_run_config().callbacks = callbacks  # None over ray://
         tuner._local_tuner.get_run_config().verbose = 2 if verbose else 0
+        tuner._local_tuner.get_run_config().failure_config = trial_failures(study)
         return tuner
     scheduler = None
     if study.tuner.scheduler == "moasha":
@@ -353,10 +360,26 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool, verbose: bool 
     return tune.Tuner(
         make_trainable(study),
         tune_config=tune.TuneConfig(search_alg=make_searcher(study), scheduler=scheduler,
-                                    num_samples=study.tuner.num_samples),
+                                    num_samples=study.tuner.num_samples,
+                                    # in-process trials: the next trial runs in the process
+                                    # the last one used, its imports done
+                                    reuse_actors=study.resources.in_process),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=study.storage_dir,
-                                  callbacks=callbacks, verbose=2 if verbose else 0),
+                                  callbacks=callbacks, verbose=2 if verbose else 0,
+                                  failure_config=trial_failures(study),
+                                  # in-process trials' checkpoints (Ray Train keeps its own)
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
+
+
+def trial_failures(study: StudyConfig):
+    """Tune's restarts of a failed trial: none when Ray Train restarts its worker group
+    (``resources.max_failures`` there), that many for in-process trials, from the trial's last
+    checkpoint."""
+    from ray import tune
+
+    r = study.resources
+    return tune.FailureConfig(max_failures=r.max_failures if r.in_process else 0)
 
 
 def trial_records(results, study: StudyConfig, tracker: SweepTracker,
@@ -387,7 +410,8 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
             "trial_wall_s": last.get("time_total_s"),
             # study.overhead.trial_time: the trial's measured parts (None: never reported its end)
             "time": trial_time(last, clock.started.get(trial.trial_id),
-                               clock.ended.get(trial.trial_id)) if clock else None,
+                               clock.ended.get(trial.trial_id),
+                               clock.last_started.get(trial.trial_id)) if clock else None,
             "error": _error(trial),
             "mlflow_run_id": tracker.run_id(trial.trial_id),
             "run_dir": str(study.sweep_dir / "trials" / trial.trial_id),
@@ -504,7 +528,8 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
         tracker.safely(lambda: tracker.client.log_artifact(parent, str(study.sweep_dir
                                                                        / RESUMES)))
     marks["baseline_started"] = time.time()
-    run_baseline(study, tracker)
+    baseline_parts: dict[str, float] = {}
+    run_baseline(study, tracker, baseline_parts)
     marks["baseline_ended"] = time.time()
     callback = MlflowTrialCallback(
         tracker, lambda config: {**trial_params(config, study), "base": to_dict(study.base)},
@@ -538,7 +563,8 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
                     "tracking_uri": uri, "experiment": study.experiment,
                     "overhead": sweep_time({**marks, "ended": time.time()}, [
                         (clock.started[t], clock.ended[t]) for t in clock.started
-                        if t in clock.ended], [t["time"] for t in summary["trials"]]),
+                        if t in clock.ended], [t["time"] for t in summary["trials"]],
+                        baseline_parts),
                     "baseline": baseline_record(tracker),
                     "tracking_errors": list(tracker.errors)})
     summary["steps_trained"] = sum(t["steps"] for t in summary["trials"]

@@ -333,19 +333,38 @@ class MlflowTrialCallback(Callback):
             points.commit(step)
         self._log_points(run_id, points.take_final())
         self._save_pending()
-        if checkpoint and checkpoint not in self._logged_checkpoints:
-            self._logged_checkpoints.add(checkpoint)
-            # the sample grid and per-prompt table travel inside the checkpoint: one artifact
-            # of each per step, samples/step_N.png and eval/step_N.json
-            for inside, folder in (("samples.png", "samples"), ("eval.json", "eval")):
-                data = self._log_renamed(run_id, checkpoint, inside, folder, step)
-                if folder == "samples" and data is not None:
-                    log_stepped_image(self.tracker.client, run_id, data, step)
-            self.tracker.client.set_tag(run_id, "checkpoint", checkpoint)
+        if checkpoint:
+            self._log_checkpoint(run_id, checkpoint, step)
         nodes = result.get("worker_nodes")
         if nodes and self._worker_nodes.get(trial.trial_id) != nodes:
             self._worker_nodes[trial.trial_id] = nodes
             self.tracker.client.set_tag(run_id, "worker_nodes", nodes)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """An in-process trial's checkpoint, persisted by Tune after its result was seen."""
+        self.tracker.safely(lambda: self._commit(trial, checkpoint.path))
+
+    def _commit(self, trial, checkpoint: str) -> None:
+        run_id = self._run(trial)
+        step = int(trial.last_result.get("step", trial.last_result.get("training_iteration", 0)))
+        points = self._trial_points(trial.trial_id, run_id)
+        points.commit(step)
+        self._log_points(run_id, points.take_final())
+        self._save_pending()
+        self._log_checkpoint(run_id, checkpoint, step)
+
+    def _log_checkpoint(self, run_id: str, checkpoint: str, step: int) -> None:
+        """The sample grid and per-prompt table travel inside the checkpoint: one artifact of
+        each per step, samples/step_N.png and eval/step_N.json; the run's tag names the
+        newest checkpoint."""
+        if checkpoint in self._logged_checkpoints:
+            return
+        self._logged_checkpoints.add(checkpoint)
+        for inside, folder in (("samples.png", "samples"), ("eval.json", "eval")):
+            data = self._log_renamed(run_id, checkpoint, inside, folder, step)
+            if folder == "samples" and data is not None:
+                log_stepped_image(self.tracker.client, run_id, data, step)
+        self.tracker.client.set_tag(run_id, "checkpoint", checkpoint)
 
     def _log_renamed(self, run_id: str, checkpoint: str, inside: str, folder: str,
                      step: int) -> bytes | None:

@@ -3,6 +3,12 @@
 Inside the Tune function we use ``ray.tune``; inside the Train workers ``ray.train``. Rank-0
 metrics reach Tune through ``TuneReportCallback``; checkpoints go through Ray Train, so a failed
 worker group restarts from the last one (``FailureConfig``).
+
+``resources.num_workers: 0`` runs the trial's one rank in the Tune trial process instead, with
+no Ray Train worker group (no DDP) to start, and Tune reuses that process for the next trial
+(``reuse_actors``): the method's imports are paid once per sweep, not once per trial. Reports
+and checkpoints then go to Tune (``ray.tune.report``); a failed trial restarts from its last
+checkpoint through Tune's ``FailureConfig``.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ class RayTrainReporter:
     append-like sink)."""
 
     def __init__(self, rank: int, trial_started_at: float, report_every: int = 10,
-                 report: Callable[..., None] | None = None):
+                 report: Callable[..., None] | None = None, checkpoint_type: type | None = None):
         self.rank = rank
         self.report = report or ray.train.report
+        self.checkpoint_type = checkpoint_type or ray.train.Checkpoint  # what report takes
         self.attempt = uuid.uuid4().hex  # this worker group's id (rank 0's is the one Tune sees)
         self.objectives = study_objectives({})  # every objective NaN until an evaluation
         self.trial_started_at = trial_started_at
@@ -55,7 +62,8 @@ class RayTrainReporter:
         # optimizer steps; eval_s, checkpoint_s since the event before; report_s inside
         # reports; worker_start_s, import_s, load_s set by train_worker; startup_s: trial start
         # → first step begins; worker_wall_s (at the end): trial start → the end event;
-        # peak_memory_mb (at the end): see peak_memory_mb
+        # peak_memory_mb (at the end): see peak_memory_mb (an in-process trial's process may
+        # have served earlier trials: on CPU its peak is theirs too)
         self.timing = {"train_time_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0,
                        "report_s": 0.0, "trial_started_at": trial_started_at}
         self.last_event_at = time.time()  # train_worker sets it when the run is built
@@ -104,7 +112,7 @@ class RayTrainReporter:
         # checkpoint and end events repeat both, so they add only objectives and timing
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
-            checkpoint = ray.train.Checkpoint.from_directory(event.path)
+            checkpoint = self.checkpoint_type.from_directory(event.path)
         self._send(event.kind, event.step, event.metrics if event.kind == "eval" else {},
                    checkpoint)
         if event.kind == "eval" and event.step in self.rungs and self.ask is not None:
@@ -169,8 +177,15 @@ def worker_node_ids(world_size: int) -> str:
     return ",".join(dict.fromkeys(nodes))
 
 
+def tune_report(metrics: dict[str, Any], checkpoint=None, checkpoint_dir_name=None) -> None:
+    """``ray.train.report``'s call, answered by Tune (in-process trials; Tune names the
+    checkpoint folders itself)."""
+    ray.tune.report(metrics, checkpoint=checkpoint)
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker: one TextCraftor run, resumed from Ray's checkpoint."""
+    """Runs on each Ray Train worker (or, in-process, in the Tune trial process as the only
+    rank): one TextCraftor run, resumed from the trial's last checkpoint."""
     entered = time.time()
     import torch
 
@@ -179,11 +194,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     imported = time.time()
     run = from_dict(RunConfig, loop_config["run"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config["torch_threads"])
-    device = ray.train.torch.get_device()
-    reporter = RayTrainReporter(rank, loop_config["trial_started_at"])
+    in_process = loop_config.get("in_process", False)
+    if in_process:  # the only rank; Ray gave this process its GPU, if the trial asked for one
+        rank, world = 0, 1
+        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # the process served earlier trials
+        reporter = RayTrainReporter(rank, loop_config["trial_started_at"], report=tune_report,
+                                    checkpoint_type=ray.tune.Checkpoint)
+    else:
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        device = ray.train.torch.get_device()
+        reporter = RayTrainReporter(rank, loop_config["trial_started_at"])
     reporter.worker_nodes = worker_node_ids(world)
     callback = reporter
     if loop_config.get("crash_once_at_step"):
@@ -200,7 +224,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         reporter.ask = lambda step: wait_for_decision(loop_config["rung_board"],
                                                       loop_config["trial_id"], step)
         reporter.stop = trainer.request_stop
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.tune.get_checkpoint() if in_process else ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.restore(folder)
@@ -225,19 +249,29 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     r = config.resources
     crash = next((f.crash_once_at_step for f in config.fault_injection
                   if f.crash_once_at_step and f.matches(params)), 0)
+    loop_config = {
+        "run": to_dict(run),
+        "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
+        "trial_started_at": time.time(),
+        "crash_once_at_step": crash,  # testing (FaultInjection): once per sweep
+        "crash_marker": str(config.sweep_dir / f".injected-crash-step-{crash}"),
+        "trial_id": trial_id,
+        # MO-ASHA: where the rung decisions are posted, and at which steps
+        "rung_board": board_name(config.name) if config.tuner.scheduler == "moasha" else None,
+        "rungs": list(config.tuner.rungs),
+        "in_process": r.in_process,
+    }
+    if r.in_process:
+        try:
+            train_worker(loop_config)
+        finally:  # this process serves the next trial: free this one's models now
+            import gc
+
+            gc.collect()
+        return
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
-        train_loop_config={
-            "run": to_dict(run),
-            "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
-            "trial_started_at": time.time(),
-            "crash_once_at_step": crash,  # testing (FaultInjection): once per sweep
-            "crash_marker": str(config.sweep_dir / f".injected-crash-step-{crash}"),
-            "trial_id": trial_id,
-            # MO-ASHA: where the rung decisions are posted, and at which steps
-            "rung_board": board_name(config.name) if config.tuner.scheduler == "moasha" else None,
-            "rungs": list(config.tuner.rungs),
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0,
             resources_per_worker=r.worker_bundle(), placement_strategy=r.placement_strategy),

@@ -43,6 +43,9 @@ def sweep_args(results: Path, tracking_uri: str, address: str, *extra: str) -> l
             "--results-dir", str(results), "--tracking-uri", tracking_uri, *SMALL, *TINY,
             "--set", "base.train.steps=8", "--set", "base.train.save_every=2",
             "--set", "base.train.eval_every=4",
+            # a Ray Train worker group of 2 DDP ranks, one per node
+            "--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=0.5",
+            "--set", "resources.torch_threads=1", "--set", "base.train.batch_size=2",
             "--set", "resources.placement_strategy=STRICT_SPREAD",
             "--set", "resources.trial_resources={head_node: 0.01}",
             "--set", "resources.max_failures=2", *extra]

@@ -243,7 +243,22 @@ def test_cluster_fields_are_checked():
     study = load_study_config(None, ["results_dir=s3://bucket/sweeps",
                                      "resources.trial_resources={head_node: 0.01}"])
     assert study.storage_dir == "s3://bucket/sweeps/default"
-    assert study.resources.trial_bundle() == {"CPU": 0.1, "head_node": 0.01}
+    # the default study's one rank runs in the trial process: its CPUs are the trial's
+    assert study.resources.in_process
+    assert study.resources.bundles() == [{"CPU": 2.0, "head_node": 0.01}]
+
+
+def test_trial_resources_of_worker_groups_and_of_in_process_trials():
+    ddp = load_study_config(None, ["resources.num_workers=2", "resources.cpus_per_worker=0.5",
+                                   "resources.gpus_per_worker=1"]).resources
+    assert not ddp.in_process
+    assert ddp.bundles() == [{"CPU": 0.1}, {"CPU": 0.5, "GPU": 1.0}, {"CPU": 0.5, "GPU": 1.0}]
+    one = load_study_config(None, ["resources.num_workers=0", "resources.cpus_per_worker=3",
+                                   "resources.gpus_per_worker=1"]).resources
+    assert one.in_process and one.bundles() == [{"CPU": 3.1, "GPU": 1.0}]
+    with pytest.raises(ConfigError, match=r"resources.num_workers: must be >= 0 \(0: one rank "
+                                          r"inside the Tune trial process.*got -1"):
+        load_study_config(None, ["resources.num_workers=-1"])
 
 
 def _closed_port() -> int:

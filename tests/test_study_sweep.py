@@ -1,5 +1,6 @@
 """End to end: real sweeps on a local Ray cluster into a real SQLite MLflow store and a real
-Optuna storage — every trial a Ray Train job with 2 DDP workers."""
+Optuna storage — trials in-process (the default study's ``resources.num_workers: 0``, Tune
+reusing the trial process) and as Ray Train jobs with 2 DDP workers (``DDP`` below)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ from sweep_helpers import (
 )
 
 pytestmark = pytest.mark.slow
+# Each trial a Ray Train worker group of 2 DDP ranks, 2 images each (the default study's 4 per
+# step); the worker group restarts from its checkpoint when a rank fails.
+DDP = ["--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=0.5",
+       "--set", "resources.torch_threads=1", "--set", "base.train.batch_size=2"]
 
 def test_completed_trials_are_tracked_everywhere(tiny_sweep):
     tmp, summary, result = tiny_sweep
@@ -177,15 +182,19 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 
 def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
     """Two drivers on one machine, each with its own local Ray: both finish, and neither's Ray
-    components go looking for a cluster and find both ("multiple active Ray instances")."""
+    components go looking for a cluster and find both ("multiple active Ray instances"). The
+    right one runs its trial as a Ray Train job of 2 DDP workers whose rank 0 crashes once
+    before step 4's checkpoint: Ray Train restarts the worker group from step 2's."""
     drivers, logs, walls = {}, {}, {}
     started = time.perf_counter()
+    extra = {"left": [], "right": [*DDP, "--set", "fault_injection=[{crash_once_at_step: 4}]"]}
     for name in ("left", "right"):
         folder = tmp_path / name
         folder.mkdir()
         logs[name] = open(folder / "driver.log", "w")
         drivers[name] = subprocess.Popen(
-            sweep_command(folder, *TINY, "--num-samples", "1", "--set", f"name={name}"),
+            sweep_command(folder, *TINY, "--num-samples", "1", "--set", f"name={name}",
+                          *extra[name]),
             cwd=folder, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 1200
@@ -204,6 +213,14 @@ def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
         summary = json.loads((tmp_path / name / "sweeps" / name / "summary.json").read_text())
         assert [t["status"] for t in summary["trials"]] == ["TERMINATED"]
         assert summary["trials"][0]["steps"] == 4
+        client, _, [run] = child_runs(tmp_path / name, name)
+        points = assert_points_match_run_folder(client, run.info.run_id,
+                                                Path(summary["trials"][0]["run_dir"]))
+        if name == "right":  # two ranks in a worker group, restarted from step 2's checkpoint
+            assert points[("resumed_from_step", 4)] == 2.0
+            assert summary["trials"][0]["time"]["worker_start_s"] > 0.5
+        else:  # one rank in the Tune trial process: no worker group to start
+            assert summary["trials"][0]["time"]["worker_start_s"] < 0.05
     print(f"\ntwo sweeps at once: walls {walls} s")
 
 
@@ -277,9 +294,12 @@ def test_the_console_is_one_line_per_trial_event_and_the_table(tiny_sweep):
     for trial in summary["trials"]:
         started = [line for line in console if line.startswith(f"trial {trial['trial_id']} "
                                                                 "started: ")]
-        assert len(started) == 1, started  # a restarted worker group is inside the trial
+        assert len(started) == 1, started  # a restart has its own line
         ended = "failed: " if trial["status"] == "ERROR" else "finished at step 4: quality="
         assert any(line.startswith(f"trial {trial['trial_id']} {ended}") for line in console)
+    restarted = [line for line in console if "failed, restarting from its last checkpoint: "
+                 in line]
+    assert len(restarted) == 2 and any("InjectedCrash" in line for line in restarted), restarted
     assert not [line for line in console if "Failed to query Ray Train Controller" in line
                 or "Reporting training result" in line or "(pid=" in line]
     logs = next(line for line in console if line.startswith("Ray's process logs: "))
@@ -304,9 +324,18 @@ def test_the_sweep_wall_is_accounted_for_part_by_part(tiny_sweep):
     assert len(timed) == 2 and not set(failed) & set(timed)
     for trial_id, parts in timed.items():
         assert sum(parts[k] for k in TRIAL_PARTS) == pytest.approx(parts["wall_s"])
-        for name in ("actor_start_s", "worker_start_s", "import_s", "load_s", "train_s",
-                     "eval_s", "checkpoint_s", "report_s", "teardown_s"):
+        for name in ("retried_s", "actor_start_s", "worker_start_s", "import_s", "load_s",
+                     "train_s", "eval_s", "checkpoint_s", "report_s", "teardown_s"):
             assert parts[name] >= 0, (trial_id, name, parts)
-        assert parts["train_s"] > 0 and parts["import_s"] > 0 and parts["eval_s"] > 0
+        assert parts["train_s"] > 0 and parts["eval_s"] > 0
+    # the trial that crashed once was restarted by Tune (in-process trials): its failed attempt
+    # is its own part; a trial in a fresh process imports the method, one in a reused process
+    # (Tune's reuse_actors: the last trial, after the restarted one) does not
+    assert sorted(parts["retried_s"] > 0 for parts in timed.values()) == [False, True]
+    imports = sorted(parts["import_s"] for parts in timed.values())
+    assert imports[0] < 0.05 < imports[-1], imports
+    assert overhead["startup_s_per_trial_after_first"] is not None
+    assert overhead["baseline_parts"]["eval_s"] > 0
+    assert 0 < overhead["train_eval_fraction_of_sweep"] < 1
     assert 0 < overhead["attributed_fraction"] <= 1
     assert overhead["trials_timed"] == 2
