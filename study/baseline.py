@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
-from study.objectives import study_objectives
+from study.objectives import study_intervals, study_objectives
 from study.summary import write_summary
 from study.tracking import log_stepped_image
 from textcraftor.configio import from_dict, to_dict
@@ -44,6 +44,7 @@ def evaluate_untuned(run: dict[str, Any], torch_threads: int) -> dict[str, Any]:
         grid_png = save_grid(result, Path(folder) / "grid.png").read_bytes()
     metrics = dict(result.metrics)
     metrics.update(study_objectives(metrics))  # eval.quality_weights: the study's
+    metrics.update(study_intervals(metrics))
     metrics["model/text_encoder_params"] = float(
         sum(p.numel() for p in trainer.pipeline.text_encoder.parameters()))
     metrics["model/unet_params"] = float(sum(p.numel() for p in trainer.pipeline.unet.parameters()))

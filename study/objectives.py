@@ -11,7 +11,9 @@ reads the per-prompt tables through ``PER_PROMPT_COLUMNS``. No Ray, no torch: an
   of one prompt over the evaluation seeds, averaged over prompts (higher = more varied; mode
   collapse lowers it).
 
-Both are maximised.
+Both are maximised. Each has a 95 % bootstrap interval (``<name>_ci_low``, ``<name>_ci_high``,
+``study_intervals``) over the held-out prompts, seeds nested inside them
+(``textcraftor.bootstrap``; the evaluator's ``eval/<metric>_ci_low``/``_ci_high``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ PER_PROMPT_COLUMNS: dict[str, str] = {name: metric.removeprefix("eval/")
 DIRECTIONS: dict[str, str] = {name: "max" for name in OBJECTIVES}  # Optuna/Tune mode
 
 
+def interval_names(name: str) -> tuple[str, str]:
+    """The result keys of an objective's interval ends."""
+    return f"{name}_ci_low", f"{name}_ci_high"
+
+
+# every per-evaluation field a run reports for the objectives: values and interval ends
+OBJECTIVE_FIELDS: tuple[str, ...] = OBJECTIVES + tuple(
+    key for name in OBJECTIVES for key in interval_names(name))
+
+
 def study_objectives(metrics: Mapping[str, float]) -> dict[str, float]:
     """{objective: value} from one evaluation's metrics ({"eval/quality": ..., ...}); an
     objective whose metric the evaluation did not compute is NaN (e.g. diversity with
@@ -39,4 +51,15 @@ def study_objectives(metrics: Mapping[str, float]) -> dict[str, float]:
     for name, metric in OBJECTIVE_METRICS.items():
         value = metrics.get(metric)
         values[name] = float(value) if isinstance(value, (int, float)) else math.nan
+    return values
+
+
+def study_intervals(metrics: Mapping[str, float]) -> dict[str, float]:
+    """{``<objective>_ci_low``/``_ci_high``: value} from one evaluation's metrics (its
+    ``eval/<metric>_ci_low``/``_ci_high``); NaN where the evaluation computed none."""
+    values = {}
+    for name, metric in OBJECTIVE_METRICS.items():
+        for key, end in zip(interval_names(name), ("_ci_low", "_ci_high")):
+            value = metrics.get(metric + end)
+            values[key] = float(value) if isinstance(value, (int, float)) else math.nan
     return values

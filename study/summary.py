@@ -64,19 +64,49 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+# a trial's paired verdict against the baseline, as the table marks it
+VERDICT_MARKS = {"better": "+", "worse": "-", "indistinguishable": "=", "unknown": "?"}
+
+
 def pareto_table(summary: Mapping[str, Any]) -> str:
-    """A plain-text table of the trials, Pareto ones marked with *."""
+    """A plain-text table: the baseline, then the trials, Pareto ones marked *. Each objective
+    reads ``value [low, high] v``: its 95 % bootstrap interval, and the trial's paired verdict
+    against the baseline (``VERDICT_MARKS``: + better, - worse, = indistinguishable)."""
     objectives = summary["objectives"]
     trials = summary["trials"]
     params = sorted({k for t in trials for k in t["params"]})
     header = ["", "trial", "status", *objectives, *params]
     rows = [header]
+    baseline = summary.get("baseline")
+    if baseline:
+        rows.append(["", "baseline", baseline["status"],
+                     *[_cell(baseline["objectives"].get(o),
+                             (baseline.get("intervals") or {}).get(o), None)
+                       for o in objectives], *["" for _ in params]])
     for t in sorted(trials, key=lambda t: (not t["pareto"], t["trial_id"])):
+        versus = t.get("vs_baseline") or {}
         rows.append(["*" if t["pareto"] else "", t["trial_id"], t["status"],
-                     *[_fmt(t["objectives"].get(o)) for o in objectives],
+                     *[_cell(t["objectives"].get(o), (t.get("intervals") or {}).get(o),
+                             (versus.get(o) or {}).get("verdict")) for o in objectives],
                      *[_fmt(t["params"].get(p)) for p in params]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    counted = max((v for t in trials for v in (t.get("vs_baseline") or {}).values()
+                   if "num_prompts" in v), key=lambda v: v["num_seeds"], default=None)
+    if counted:
+        lines.append(f"[95 % bootstrap interval over {counted['num_prompts']} prompts x "
+                     f"{counted['num_seeds']} seeds]; against the baseline, paired: + better, "
+                     "- worse, = indistinguishable")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, interval: Sequence | None, verdict: str | None) -> str:
+    text = _fmt(value)
+    if value is not None and interval and all(isinstance(v, (int, float)) for v in interval):
+        text += f" [{interval[0]:.4g}, {interval[1]:.4g}]"
+    if verdict:
+        text += f" {VERDICT_MARKS.get(verdict, '?')}"
+    return text
 
 
 def _fmt(value: Any) -> str:

@@ -24,7 +24,7 @@ from study.config import StudyConfig, load_study_config, search_variants
 from study.console import TrialClock, TrialLines, quiet_driver_logs
 from study.interrupt import EXIT_CODES, FINISHED, StopSignals, TrialStatuses
 from study.moasha import stopped_trials
-from study.objectives import DIRECTIONS, OBJECTIVES
+from study.objectives import DIRECTIONS, OBJECTIVES, interval_names
 from study.overhead import sweep_time, trial_time
 from study.resume import ResumeError, canonical_tracking_uri, check_resume
 from study.summary import hypervolume, pareto_table, summarize, write_summary
@@ -404,6 +404,9 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
             "stopped_at_step": stopped.get(trial.trial_id),
             "params": trial_params(trial.config, study),
             "objectives": {o: _finite_or_none(last.get(o)) for o in study.objectives.names},
+            # each objective's 95 % bootstrap interval at the last evaluation (study.objectives)
+            "intervals": {o: [_finite_or_none(last.get(k)) for k in interval_names(o)]
+                          for o in study.objectives.names},
             "steps": last.get("step"),
             "train_time_s": last.get("train_time_s"),
             "startup_s": last.get("startup_s"),
@@ -427,7 +430,22 @@ def baseline_record(tracker: SweepTracker) -> dict[str, Any] | None:
     metrics = run.data.metrics
     return {"status": run.info.status, "mlflow_run_id": run.info.run_id,
             "objectives": {k: metrics.get(k) for k in OBJECTIVES},
+            "intervals": {k: [metrics.get(end) for end in interval_names(k)] for k in OBJECTIVES},
             "error": run.data.tags.get("error")}
+
+
+def compare_to_baseline(summary: dict[str, Any], study: StudyConfig) -> None:
+    """Each trial that ran to its end (or to its MO-ASHA rung) gets ``vs_baseline``: its last
+    evaluation against the baseline's, paired (``study.paired``); None without either table."""
+    from study.baseline import BASELINE_ID
+    from study.paired import last_evaluation, paired_to_baseline
+
+    baseline = last_evaluation(study.sweep_dir / BASELINE_ID)
+    for trial in summary["trials"]:
+        table = (last_evaluation(Path(trial["run_dir"]))
+                 if trial["status"] in ("TERMINATED", "STOPPED") else None)
+        trial["vs_baseline"] = (paired_to_baseline(table, baseline, study.objectives.names)
+                                if table is not None and baseline is not None else None)
 
 
 def _finite_or_none(value):
@@ -570,6 +588,7 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     summary["steps_trained"] = sum(t["steps"] for t in summary["trials"]
                                    if isinstance(t.get("steps"), int))
     summary["front"] = front_record(summary, study.objectives.names)
+    compare_to_baseline(summary, study)
     return summary
 
 

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from study.config import DEFAULT_TRACKING_URI
-from study.objectives import OBJECTIVES
+from study.objectives import OBJECTIVE_FIELDS
 from study.tags import KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
 from textcraftor.atomic import write_json_atomic
 
@@ -261,7 +261,7 @@ def result_points(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
         points.setdefault(int(past["step"]), {}).update(numeric_metrics(past))
     own = numeric_metrics(result)
     if result.get("event", "eval") != "eval":
-        own = {k: v for k, v in own.items() if k not in OBJECTIVES}
+        own = {k: v for k, v in own.items() if k not in OBJECTIVE_FIELDS}
     step = int(result.get("step", result.get("training_iteration", 0)))
     points.setdefault(step, {}).update(own)
     return points

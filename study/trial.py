@@ -26,7 +26,7 @@ import ray.tune
 
 from study.config import StudyConfig
 from study.moasha import board_name
-from study.objectives import study_objectives
+from study.objectives import study_intervals, study_objectives
 from study.space import trial_run_config
 from textcraftor.config import RunConfig
 from textcraftor.configio import from_dict, to_dict
@@ -56,7 +56,8 @@ class RayTrainReporter:
         self.report = report or ray.train.report
         self.checkpoint_type = checkpoint_type or ray.train.Checkpoint  # what report takes
         self.attempt = uuid.uuid4().hex  # this worker group's id (rank 0's is the one Tune sees)
-        self.objectives = study_objectives({})  # every objective NaN until an evaluation
+        # every objective and its interval NaN until an evaluation
+        self.objectives = {**study_objectives({}), **study_intervals({})}
         self.trial_started_at = trial_started_at
         # study.overhead's parts of this worker group's time (seconds): train_time_s inside
         # optimizer steps; eval_s, checkpoint_s since the event before; report_s inside
@@ -103,7 +104,8 @@ class RayTrainReporter:
         if event.kind == "eval":
             # quality reads eval/quality: the study's fixed weights (the run's
             # eval.quality_weights, set by study.space.trial_run_config)
-            self.objectives = study_objectives(event.metrics)
+            self.objectives = {**study_objectives(event.metrics),
+                               **study_intervals(event.metrics)}
         if event.kind == "step":
             self.buffered.append({**event.metrics, "step": event.step})
             if len(self.buffered) < self.report_every:

@@ -103,3 +103,21 @@ def test_quality_weights_score_every_image_with_fixed_weights_and_never_train(ma
     rows = result.table(0)["prompts"]
     assert len(rows) == 3 and all({"quality", "train_objective"} <= set(r) for r in rows)
     assert sum(r["quality"] for r in rows) / 3 == pytest.approx(m["eval/quality"], rel=1e-5)
+
+
+def test_every_per_image_score_and_diversity_has_its_interval_and_per_seed_values(make_trainer):
+    """eval/<name>_ci_low/_high (textcraftor.bootstrap, prompts then seeds resampled) bracket
+    each per-image score and each diversity; the table keeps each image's score ([P][S]), whose
+    mean is the metric; eval/num_prompts and eval/num_seeds give the N."""
+    trainer = make_trainer(*EVAL, "eval.quality_weights={aesthetic: 1}", objective=None)
+    result = trainer.evaluate()
+    m = result.metrics
+    for name in ("aesthetic", "clip", "quality", "train_objective", "diversity_lpips",
+                 "diversity_clip"):
+        assert m[f"eval/{name}_ci_low"] <= m[f"eval/{name}"] <= m[f"eval/{name}_ci_high"], name
+        assert m[f"eval/{name}_ci_low"] < m[f"eval/{name}_ci_high"], name  # 3 prompts differ
+    assert (m["eval/num_prompts"], m["eval/num_seeds"]) == (3.0, 2.0)
+    per_seed = result.table(0)["per_seed"]
+    assert set(per_seed) == {"aesthetic", "clip", "quality", "train_objective"}
+    assert [len(row) for row in per_seed["quality"]] == [2, 2, 2]
+    assert sum(map(sum, per_seed["quality"])) / 6 == pytest.approx(m["eval/quality"], rel=1e-5)

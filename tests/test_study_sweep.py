@@ -339,3 +339,34 @@ def test_the_sweep_wall_is_accounted_for_part_by_part(tiny_sweep):
     assert 0 < overhead["train_eval_fraction_of_sweep"] < 1
     assert 0 < overhead["attributed_fraction"] <= 1
     assert overhead["trials_timed"] == 2
+
+
+def test_every_objective_carries_its_interval_and_each_trial_its_paired_verdict(tiny_sweep):
+    """summary.json: the baseline's and each finished trial's objectives with their 95 %
+    bootstrap intervals; each finished trial compared with the baseline on the same prompts and
+    seeds; MLflow holds the interval ends beside each objective; the printed table shows them."""
+    tmp, summary, result = tiny_sweep
+    names = summary["objectives"]
+    base = summary["baseline"]
+    for name in names:
+        low, high = base["intervals"][name]
+        assert low <= base["objectives"][name] <= high
+    finished = [t for t in summary["trials"] if t["status"] == "TERMINATED"]
+    client, _, children = child_runs(tmp, "e2e")
+    runs = {r.info.run_id: r for r in children}
+    for trial in finished:
+        for name in names:
+            low, high = trial["intervals"][name]
+            assert low <= trial["objectives"][name] <= high, (trial["trial_id"], name)
+            versus = trial["vs_baseline"][name]
+            assert versus["verdict"] in ("better", "worse", "indistinguishable"), versus
+            assert versus["ci_low"] <= versus["difference"] <= versus["ci_high"]
+            assert versus["num_prompts"] == 4
+            metrics = runs[trial["mlflow_run_id"]].data.metrics
+            assert metrics[f"{name}_ci_low"] == pytest.approx(low)
+        assert trial["vs_baseline"]["quality"]["num_seeds"] == 2  # per image: seeds nested
+    failed = [t for t in summary["trials"] if t["status"] == "ERROR"]
+    assert failed and all(t["vs_baseline"] is None for t in failed)
+    console = result.stdout
+    assert "  baseline  FINISHED  " in console
+    assert "[95 % bootstrap interval over 4 prompts x 2 seeds]" in console

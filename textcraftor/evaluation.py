@@ -38,15 +38,40 @@ class EvalResult:
     seeds: tuple[int, ...]  # the evaluation seeds, S
     categories: tuple[str | None, ...] = ()  # each prompt's category (None: uncategorised), P
     per_prompt: dict[str, list[float]] | None = None  # name → P values (mean over seeds)
+    # name → P lists of S values, one per image (per-image scores: rewards, quality, the
+    # oracle's all-attribute accuracy; None where unscored): what paired comparisons resample
+    per_seed: dict[str, list[list[float | None]]] | None = None
 
     def table(self, step: int) -> dict:
         """One row per prompt (category, each reward, quality, diversity): what the analysis
-        breaks down by category."""
+        breaks down by category; ``per_seed``: each per-image score, [P][S]."""
         columns = self.per_prompt or {}
         categories = self.categories or (None,) * len(self.prompts)
         rows = [{"prompt": p, "category": c, **{k: v[i] for k, v in columns.items()}}
                 for i, (p, c) in enumerate(zip(self.prompts, categories))]
-        return {"step": step, "seeds": list(self.seeds), "prompts": rows}
+        return {"step": step, "seeds": list(self.seeds), "prompts": rows,
+                "per_seed": dict(self.per_seed or {})}
+
+
+def interval_metrics(per_seed: dict[str, list[list[float | None]]],
+                     per_prompt: dict[str, list[float | None]]) -> dict[str, float]:
+    """``eval/<name>_ci_low`` and ``eval/<name>_ci_high``: the 95 % two-stage bootstrap interval
+    (``textcraftor.bootstrap.nested_interval``) of each per-image score (prompts, then seeds
+    inside them, resampled) and of each per-prompt-only value (diversity: prompts resampled);
+    ``eval/num_prompts`` and ``eval/num_seeds`` give the N behind them."""
+    from textcraftor.bootstrap import nested_interval
+
+    metrics = {}
+    found = {**{k: nested_interval(v) for k, v in per_seed.items()},
+             **{k: nested_interval(v) for k, v in per_prompt.items() if k not in per_seed
+                and k.startswith("diversity_")}}
+    for name, interval in found.items():
+        metrics[f"eval/{name}_ci_low"] = interval.low
+        metrics[f"eval/{name}_ci_high"] = interval.high
+        metrics["eval/num_prompts"] = float(interval.num_prompts)
+    if per_seed:
+        metrics["eval/num_seeds"] = float(next(iter(found.values())).num_seeds)
+    return metrics
 
 
 def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
@@ -67,11 +92,14 @@ def load_reference_images(folder: str | Path, resolution: int) -> torch.Tensor:
 
 
 def oracle_metrics(images: torch.Tensor, prompts: Sequence[str], seeds: int,
-                   per_prompt: dict[str, list[float]]) -> dict[str, float]:
+                   per_prompt: dict[str, list[float]],
+                   per_seed: dict[str, list[list[float | None]]] | None = None
+                   ) -> dict[str, float]:
     """``eval/oracle_<attribute>``: the ShapesWorld oracle's accuracy over every image whose
     prompt mentions the attribute (not differentiable; attributes no prompt mentions are left
     out), and ``eval/oracle_scored``, the number of images it could score. Each prompt's
-    ``oracle_all`` (mean over its seeds; None if unscored) goes into ``per_prompt``."""
+    ``oracle_all`` (mean over its seeds; None if unscored) goes into ``per_prompt``, each
+    image's (1 or 0; None if unscored) into ``per_seed``."""
     from textcraftor.shapes.oracle import image_alignments, mean_alignment
 
     repeated = [p for p in prompts for _ in range(seeds)]  # images are prompt-major
@@ -79,6 +107,9 @@ def oracle_metrics(images: torch.Tensor, prompts: Sequence[str], seeds: int,
     by_prompt = [mean_alignment(scores[i * seeds:(i + 1) * seeds], [p] * seeds)["all"]
                  for i, p in enumerate(prompts)]
     per_prompt["oracle_all"] = [None if v != v else v for v in by_prompt]  # JSON has no NaN
+    if per_seed is not None:
+        per_seed["oracle_all"] = [[score["all"] for score in scores[i * seeds:(i + 1) * seeds]]
+                                  for i in range(len(prompts))]
     total = mean_alignment(scores, repeated)
     metrics = {f"eval/oracle_{k}": v for k, v in total.items()
                if k not in ("unscored", "out_of_vocabulary") and v == v}
@@ -176,6 +207,7 @@ class Evaluator:
         e, s = self.config.eval, len(seeds)
         metrics = {f"eval/{k}": v.mean().item() for k, v in scores.items()}
         per_prompt = {k: v.reshape(-1, s).mean(dim=1).tolist() for k, v in scores.items()}
+        per_seed = {k: v.reshape(-1, s).tolist() for k, v in scores.items()}
         images_on_device = images.to(self.device)
         if e.diversity:
             lpips = intra_prompt_diversity(images_on_device, s, self.lpips)
@@ -186,7 +218,8 @@ class Evaluator:
             metrics["eval/diversity_clip"] = clip.mean().item()
             per_prompt["diversity_clip"] = clip.tolist()
         if self.oracle:
-            metrics.update(oracle_metrics(images, prompts, s, per_prompt))
+            metrics.update(oracle_metrics(images, prompts, s, per_prompt, per_seed))
+        metrics.update(interval_metrics(per_seed, per_prompt))
         if e.distribution and reference is not None:
             reference = reference.to(self.device)
             found = distribution_distances(images_on_device, reference, self.image_features,
@@ -198,4 +231,4 @@ class Evaluator:
                             "eval/num_images": float(found["n"]),
                             "eval/num_reference": float(found["n_reference"])})
         return EvalResult(metrics, images.cpu(), tuple(prompts), tuple(seeds),
-                          tuple(categories), per_prompt)
+                          tuple(categories), per_prompt, per_seed)
