@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.runs import k_column
-from study.objectives import OBJECTIVE_METRICS, OBJECTIVES
+from study.objectives import OBJECTIVE_METRICS, OBJECTIVES, interval_names
 from study.overhead import SWEEP_PARTS, TRIAL_PARTS
 
 OBJECTIVE_KEYS = OBJECTIVES
@@ -41,10 +42,32 @@ def _finite(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return frame.dropna(subset=present)
 
 
+def error_bars(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    """[2, N] distances from each value of ``column`` down and up to its 95 % interval ends
+    (the runs' ``<column>_ci_low``/``_ci_high``), as matplotlib's ``xerr``/``yerr`` take them;
+    0 where a run has no interval; None when no run has one."""
+    low, high = interval_names(column)
+    if low not in frame or high not in frame or frame[[low, high]].isna().all().all():
+        return None
+    values = frame[column].to_numpy(float)
+    below = np.nan_to_num(values - frame[low].to_numpy(float), nan=0.0)
+    above = np.nan_to_num(frame[high].to_numpy(float) - values, nan=0.0)
+    return np.vstack([np.clip(below, 0, None), np.clip(above, 0, None)])
+
+
+def _draw_intervals(axes, frame: pd.DataFrame, x: str, y: str, colour: str) -> None:
+    xerr, yerr = error_bars(frame, x), error_bars(frame, y)
+    if len(frame) and (xerr is not None or yerr is not None):
+        axes.errorbar(frame[x], frame[y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour,
+                      elinewidth=0.8, alpha=0.7, capsize=2)
+
+
 def quality_vs_diversity(runs: pd.DataFrame, x: str = "diversity", y: str = "quality") -> Figure:
-    """Every finished trial, the Pareto front joined, the baseline as a star."""
+    """Every finished trial, the Pareto front joined, the baseline as a star; each with its
+    95 % bootstrap interval on both objectives as error bars."""
     figure, axes = plt.subplots(figsize=(6, 4.5))
     trials = _finite(runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")], [x, y])
+    _draw_intervals(axes, trials, x, y, "tab:gray")
     others = trials[~trials["pareto"]]
     axes.scatter(others[x], others[y], c="tab:gray", label="trial")
     front = trials[trials["pareto"]].sort_values(x)
@@ -54,6 +77,7 @@ def quality_vs_diversity(runs: pd.DataFrame, x: str = "diversity", y: str = "qua
                       xytext=(3, 3), textcoords="offset points")
     base = _finite(runs[runs["kind"] == "baseline"], [x, y])
     if not base.empty:
+        _draw_intervals(axes, base, x, y, "goldenrod")
         axes.scatter(base[x], base[y], marker="*", s=220, c="gold", edgecolors="black",
                      label="baseline (untuned)", zorder=5)
     failed = runs[(runs["kind"] == "trial") & (runs["status"] != "FINISHED")]
@@ -62,6 +86,9 @@ def quality_vs_diversity(runs: pd.DataFrame, x: str = "diversity", y: str = "qua
         title += f"  ({len(failed)} trial(s) not finished: not shown)"
     axes.set(xlabel=f"{x} (intra-prompt LPIPS, higher = more varied)" if x == "diversity"
              else x, ylabel=y, title=title)
+    if error_bars(trials, y) is not None:
+        axes.text(0.01, 0.01, "bars: 95 % bootstrap intervals over the held-out prompts",
+                  transform=axes.transAxes, fontsize=7, color="dimgray")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     return figure
@@ -69,7 +96,8 @@ def quality_vs_diversity(runs: pd.DataFrame, x: str = "diversity", y: str = "qua
 
 def objectives_vs_params(runs: pd.DataFrame, objectives: Sequence[str],
                          params: Sequence[str]) -> Figure:
-    """One panel per (objective, hyperparameter): every trial by status, the baseline level."""
+    """One panel per (objective, hyperparameter): every trial by status with its objective's
+    95 % interval, the baseline level and its interval as a band."""
     rows, cols = len(objectives), max(1, len(params))
     figure, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
     trials = runs[runs["kind"] == "trial"]
@@ -82,8 +110,16 @@ def objectives_vs_params(runs: pd.DataFrame, objectives: Sequence[str],
                     data = _finite(group, [objective, param])
                     axes.scatter(data[param], data[objective], label=status,
                                  marker=STATUS_MARKERS.get(status, "s"))
+                    bars = error_bars(data, objective)
+                    if bars is not None and len(data):
+                        axes.errorbar(data[param], data[objective], yerr=bars, fmt="none",
+                                      ecolor="tab:gray", elinewidth=0.8, capsize=2)
             if objective in base and base[objective].notna().any():
                 axes.axhline(base[objective].iloc[0], ls="--", c="gold", label="baseline")
+                band = error_bars(base, objective)
+                if band is not None:
+                    level = base[objective].iloc[0]
+                    axes.axhspan(level - band[0, 0], level + band[1, 0], color="gold", alpha=0.2)
             axes.set(xlabel=param, ylabel=objective if j == 0 else None)
             axes.grid(alpha=0.3)
     grid[0][0].legend(fontsize=7)

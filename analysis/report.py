@@ -29,6 +29,7 @@ from analysis.runs import (
     prompt_table,
     sweep_summary,
 )
+from study.objectives import interval_names
 from textcraftor.atomic import write_text_atomic
 
 log = logging.getLogger("analysis.report")
@@ -130,14 +131,19 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
          "padding:2px 6px}figure{margin:1.5em 0}img{max-width:100%}")
 
 
+def _with_intervals(names) -> list[str]:
+    """Each objective followed by its 95 % interval ends (``<name>_ci_low``, ``_ci_high``)."""
+    return [column for name in names for column in (name, *interval_names(name))]
+
+
 def _status_view(runs: pd.DataFrame) -> pd.DataFrame:
-    columns = ["sweep", "kind", "trial_id", "status", "stopped_at_step", "quality", "diversity",
-               "missing", "error"]
+    columns = ["sweep", "kind", "trial_id", "status", "stopped_at_step",
+               *_with_intervals(("quality", "diversity")), "missing", "error"]
     return runs[[c for c in columns if c in runs.columns]]
 
 
 def _pareto_view(study: StudyRuns) -> pd.DataFrame:
-    columns = ["trial_id", "pareto", *[o for o in OBJECTIVES if o in study.runs],
+    columns = ["trial_id", "pareto", *_with_intervals(o for o in OBJECTIVES if o in study.runs),
                *study.hyperparameters()]
     front = study.finished.sort_values("pareto", ascending=False)
     return pd.concat([study.baseline, front])[[c for c in ["kind", *columns]

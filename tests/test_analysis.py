@@ -59,6 +59,22 @@ def test_runs_table_keeps_failed_trials_and_the_baseline(store):
     assert 4 in set(loss["step"])
 
 
+def test_error_bars_are_each_runs_interval_ends(store):
+    """The plots' error bars: each finished run's distance down and up to its 95 % interval
+    ends, as logged to MLflow; the runs' table carries the ends beside each objective."""
+    from analysis.plots import error_bars
+
+    uri, _, summary = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    finished = study.runs[study.runs["status"] == "FINISHED"]
+    for objective in ("quality", "diversity"):
+        bars = error_bars(finished, objective)
+        assert bars.shape == (2, len(finished)) and (bars >= 0).all()
+        low = finished[objective] - bars[0]
+        assert low.to_numpy() == pytest.approx(finished[f"{objective}_ci_low"].to_numpy())
+    assert error_bars(finished.drop(columns=["quality_ci_low"]), "quality") is None
+
+
 def test_category_breakdown_covers_the_heldout_categories(store):
     uri, _, _ = store
     study = load_runs(uri, EXPERIMENT, "e2e")
