@@ -66,7 +66,7 @@ def build_report(study: StudyRuns, out: Path) -> Path:
     figures = out / "figures"
     sections: list[str] = []
     runs, steps = study.runs, study.steps
-    objectives = [o for o in OBJECTIVES if o in runs.columns]
+    objectives = [o for o in study.objectives if o in runs.columns]
 
     def figure(name: str, fig, caption: str) -> None:
         paths = plots.save_figure(fig, figures, name)
@@ -143,7 +143,8 @@ def _status_view(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pareto_view(study: StudyRuns) -> pd.DataFrame:
-    columns = ["trial_id", "pareto", *_with_intervals(o for o in OBJECTIVES if o in study.runs),
+    columns = ["trial_id", "pareto",
+               *_with_intervals(o for o in study.objectives if o in study.runs),
                *study.hyperparameters()]
     front = study.finished.sort_values("pareto", ascending=False)
     return pd.concat([study.baseline, front])[[c for c in ["kind", *columns]

@@ -40,6 +40,8 @@ class StudyRuns:
     runs: pd.DataFrame  # one row per run: sweep, trial_id, kind, status, run_id, params, metrics
     steps: pd.DataFrame  # long: run_id, trial_id, kind, key, step, value
     params: tuple[str, ...] = ()  # the trials' hyperparameters: searched run-config paths
+    objectives: tuple[str, ...] = ("quality", "diversity")  # the sweeps' objectives (their
+    #                                 objectives.names; with several sweeps, every one's, in order)
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -67,8 +69,10 @@ class StudyRuns:
 
 
 def load_runs(tracking_uri: str, experiment: str, sweep: str | None = None,
-              objectives: Sequence[str] = OBJECTIVES) -> StudyRuns:
-    """Every trial and baseline run of ``experiment`` (of one ``sweep`` when given)."""
+              objectives: Sequence[str] | None = None) -> StudyRuns:
+    """Every trial and baseline run of ``experiment`` (of one ``sweep`` when given). Pareto
+    flags are each sweep's, over ``objectives`` or, when None, that sweep's own
+    ``objectives.names`` (its parent run's parameter; quality and diversity if it has none)."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -76,20 +80,43 @@ def load_runs(tracking_uri: str, experiment: str, sweep: str | None = None,
         raise AnalysisError(f"no MLflow experiment {experiment!r} at {tracking_uri}; "
                             f"experiments there: {names or 'none'}")
     condition = f"tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else ""
-    runs = [r for r in client.search_runs([found.experiment_id], condition, max_results=50000)
-            if r.data.tags.get(KIND_TAG) in RUN_KINDS]
+    every = client.search_runs([found.experiment_id], condition, max_results=50000)
+    runs = [r for r in every if r.data.tags.get(KIND_TAG) in RUN_KINDS]
+    own = {r.data.tags.get(SWEEP_TAG): sweep_objectives(r.data.params) for r in every
+           if r.data.tags.get(KIND_TAG) == "sweep"}
     if not runs:
         where = f"sweep {sweep!r} of " if sweep else ""
         raise AnalysisError(f"{where}experiment {experiment!r} at {tracking_uri} has no trial or "
                             "baseline runs: run `python -m study.sweep` first")
-    rows = [_run_row(r, objectives) for r in runs]
+    names = {s: tuple(objectives) if objectives else own.get(s, DEFAULT_OBJECTIVES)
+             for s in {r.data.tags.get(SWEEP_TAG) for r in runs}}
+    rows = [_run_row(r, names[r.data.tags.get(SWEEP_TAG)]) for r in runs]
     table = pd.DataFrame(rows).sort_values(["sweep", "kind", "trial_id"], ignore_index=True)
-    table["pareto"] = _pareto(table, objectives)
+    table["pareto"] = _pareto(table, names)
     steps = pd.DataFrame([point for r in runs for point in _history(client, r)],
                          columns=["run_id", "trial_id", "kind", "key", "step", "value"])
     params = sorted({name for r in runs if r.data.tags.get(KIND_TAG) == "trial"
                      for name in r.data.params if not name.startswith("base.")})
-    return StudyRuns(tracking_uri, experiment, table, steps, tuple(params))
+    every_objective = tuple(dict.fromkeys(o for s in sorted(names) for o in names[s]))
+    return StudyRuns(tracking_uri, experiment, table, steps, tuple(params), every_objective)
+
+
+DEFAULT_OBJECTIVES = ("quality", "diversity")  # a sweep that logged no objectives.names
+
+
+def sweep_objectives(params: dict[str, str]) -> tuple[str, ...]:
+    """A sweep's objectives from its parent run's parameters (``objectives.names``, logged as
+    a list's text, e.g. "['quality', 'diversity']")."""
+    import ast
+
+    text = params.get("objectives.names")
+    try:
+        names = ast.literal_eval(text) if text else None
+    except (ValueError, SyntaxError):
+        names = None
+    if not isinstance(names, (list, tuple)) or not all(n in OBJECTIVES for n in names):
+        return DEFAULT_OBJECTIVES
+    return tuple(names)
 
 
 def _run_row(run, objectives: Sequence[str]) -> dict:
@@ -116,12 +143,13 @@ def _run_row(run, objectives: Sequence[str]) -> dict:
     return row
 
 
-def _pareto(table: pd.DataFrame, objectives: Sequence[str]) -> list[bool]:
-    """Pareto flags among each sweep's finished trials with every objective."""
+def _pareto(table: pd.DataFrame, objectives: dict[str, Sequence[str]]) -> list[bool]:
+    """Pareto flags among each sweep's finished trials with every one of its objectives."""
     flags = pd.Series(False, index=table.index)
-    for _, group in table.groupby("sweep"):
+    for sweep, group in table.groupby("sweep"):
+        names = objectives[sweep]
         eligible = group[(group["kind"] == "trial") & (group["status"] == "FINISHED")]
-        points = [[row.get(o, math.nan) for o in objectives] for _, row in eligible.iterrows()]
+        points = [[row.get(o, math.nan) for o in names] for _, row in eligible.iterrows()]
         for index, pareto in zip(eligible.index, pareto_flags(points)):
             flags[index] = pareto
     return flags.tolist()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from study.objectives import OBJECTIVES
-from textcraftor.config import QUALITY_REWARDS, RunConfig
+from textcraftor.config import ALIGNMENT, QUALITY_REWARDS, RunConfig
 from textcraftor.configio import (
     ConfigError,
     apply_overrides,
@@ -164,12 +164,16 @@ def check_search(search: Mapping[str, Distribution], base: RunConfig,
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    names: tuple[str, ...] = OBJECTIVES  # quality and/or diversity, both maximised
+    names: tuple[str, ...] = ("quality", "diversity")  # any of quality, diversity, alignment
+    #                                                    (study.objectives), all maximised
     quality_weights: Mapping[str, float] = field(  # fixed weights of the quality score, the
         default_factory=lambda: types.MappingProxyType({"aesthetic": 1.0}))  # same for all trials
+    alignment: str = "auto"  # what alignment is: oracle (ShapesWorld's oracle accuracy) | clip
+    #                          (CLIP score) | auto: the oracle where there is one (eval.alignment)
 
     def __post_init__(self) -> None:
-        require(len(self.names) >= 1, "objectives.names", f"needs one or two of {OBJECTIVES}")
+        require(len(self.names) >= 1, "objectives.names",
+                f"needs at least one of {OBJECTIVES}")
         require(len(set(self.names)) == len(self.names), "objectives.names", "duplicates")
         for name in self.names:
             require_choice(name, "objectives.names", OBJECTIVES)
@@ -179,6 +183,7 @@ class ObjectiveConfig:
                 "needs a positive weight")
         for name in self.quality_weights:
             require_choice(name, "objectives.quality_weights", QUALITY_REWARDS)
+        require_choice(self.alignment, "objectives.alignment", ALIGNMENT)
 
 
 @dataclass(frozen=True)
@@ -389,6 +394,11 @@ class StudyConfig:
                 "a study scores every run with its objectives.quality_weights; leave it unset")
         require("diversity" not in self.objectives.names or self.base.eval.diversity,
                 "objectives.names", "diversity needs base.eval.diversity=true")
+        require(self.objectives.alignment != "oracle" or self.base.oracle_on(),
+                "objectives.alignment", f"the alignment objective as the oracle's accuracy "
+                f"needs ShapesWorld's oracle, and base.model.source={self.base.model.source} "
+                f"with base.eval.oracle={self.base.eval.oracle} has none: use clip (the CLIP "
+                f"score) or auto")
         faults = self.fault_injection
         faults = (faults,) if isinstance(faults, FaultInjection) else tuple(faults or ())
         object.__setattr__(self, "fault_injection", faults)

@@ -10,8 +10,12 @@ reads the per-prompt tables through ``PER_PROMPT_COLUMNS``. No Ray, no torch: an
 - ``diversity``: ``eval/diversity_lpips``, the mean pairwise LPIPS distance between the images
   of one prompt over the evaluation seeds, averaged over prompts (higher = more varied; mode
   collapse lowers it).
+- ``alignment``: ``eval/alignment``, per image how well it shows its prompt, averaged: on
+  ShapesWorld the oracle's all-attribute accuracy (1 when every attribute the prompt names is
+  read back from the pixels), elsewhere the CLIP score (``objectives.alignment``, the run's
+  ``eval.alignment``).
 
-Both are maximised. Each has a 95 % bootstrap interval (``<name>_ci_low``, ``<name>_ci_high``,
+All are maximised. Each has a 95 % bootstrap interval (``<name>_ci_low``, ``<name>_ci_high``,
 ``study_intervals``) over the held-out prompts, seeds nested inside them
 (``textcraftor.bootstrap``; the evaluator's ``eval/<metric>_ci_low``/``_ci_high``).
 """
@@ -25,6 +29,7 @@ from collections.abc import Mapping
 OBJECTIVE_METRICS: dict[str, str] = {
     "quality": "eval/quality",
     "diversity": "eval/diversity_lpips",
+    "alignment": "eval/alignment",
 }
 OBJECTIVES: tuple[str, ...] = tuple(OBJECTIVE_METRICS)
 # objective name -> its column in an evaluation's per-prompt table (eval/step_N.json "prompts")

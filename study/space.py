@@ -52,9 +52,11 @@ def reference_point(study: StudyConfig) -> dict[str, Any]:
 
 def study_run_config(study: StudyConfig) -> RunConfig:
     """``base`` as every run of the study evaluates it: its quality score (eval/quality, per
-    image and per prompt) with the study's fixed ``objectives.quality_weights``."""
+    image and per prompt) with the study's fixed ``objectives.quality_weights``, its alignment
+    score (eval/alignment) as ``objectives.alignment`` says."""
     return replace(study.base, eval=replace(study.base.eval,
-                                            quality_weights=study.objectives.quality_weights))
+                                            quality_weights=study.objectives.quality_weights,
+                                            alignment=study.objectives.alignment))
 
 
 def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: str | Path

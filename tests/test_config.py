@@ -174,6 +174,8 @@ def test_k_boundaries_are_valid():
     ("reward.scales={bogus: 1}", "reward.scales/sources"),
     ("reward.preset=sd21-arch", "reward.preset"),
     ("reward.dtype=fp8", "reward.dtype"),
+    ("eval.alignment=exact", "eval.alignment"),
+    ("eval.alignment=oracle", "eval.alignment"),  # the default run config has no oracle
 ])
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match="^" + field.replace(".", r"\.") + ":"):

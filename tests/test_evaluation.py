@@ -118,6 +118,8 @@ def test_every_per_image_score_and_diversity_has_its_interval_and_per_seed_value
         assert m[f"eval/{name}_ci_low"] < m[f"eval/{name}_ci_high"], name  # 3 prompts differ
     assert (m["eval/num_prompts"], m["eval/num_seeds"]) == (3.0, 2.0)
     per_seed = result.table(0)["per_seed"]
-    assert set(per_seed) == {"aesthetic", "clip", "quality", "train_objective"}
+    # no oracle on the tiny preset: the alignment objective is the CLIP score
+    assert set(per_seed) == {"aesthetic", "clip", "quality", "train_objective", "alignment"}
+    assert m["eval/alignment"] == m["eval/clip"] and per_seed["alignment"] == per_seed["clip"]
     assert [len(row) for row in per_seed["quality"]] == [2, 2, 2]
     assert sum(map(sum, per_seed["quality"])) / 6 == pytest.approx(m["eval/quality"], rel=1e-5)

@@ -7,17 +7,31 @@ from study.objectives import (
     DIRECTIONS,
     OBJECTIVE_METRICS,
     OBJECTIVES,
+    OBJECTIVE_FIELDS,
     PER_PROMPT_COLUMNS,
+    interval_names,
+    study_intervals,
     study_objectives,
 )
 from textcraftor.rewards import REWARD_SCALES, loss_scales
 
 
 def test_each_objective_reads_its_evaluation_metric():
-    metrics = {"eval/quality": 61.5, "eval/diversity_lpips": 0.08, "eval/train_objective": 140.0}
-    assert study_objectives(metrics) == {"quality": 61.5, "diversity": 0.08}
+    metrics = {"eval/quality": 61.5, "eval/diversity_lpips": 0.08, "eval/alignment": 0.75,
+               "eval/train_objective": 140.0}
+    assert study_objectives(metrics) == {"quality": 61.5, "diversity": 0.08, "alignment": 0.75}
     assert set(OBJECTIVES) == set(OBJECTIVE_METRICS) == set(DIRECTIONS) == set(PER_PROMPT_COLUMNS)
-    assert PER_PROMPT_COLUMNS == {"quality": "quality", "diversity": "diversity_lpips"}
+    assert PER_PROMPT_COLUMNS == {"quality": "quality", "diversity": "diversity_lpips",
+                                  "alignment": "alignment"}
+
+
+def test_each_objective_has_its_interval_ends():
+    metrics = {"eval/quality": 61.5, "eval/quality_ci_low": 60.0, "eval/quality_ci_high": 63.0}
+    found = study_intervals(metrics)
+    assert (found["quality_ci_low"], found["quality_ci_high"]) == (60.0, 63.0)
+    assert math.isnan(found["alignment_ci_low"])  # not computed: NaN, never 0
+    assert set(OBJECTIVE_FIELDS) == set(OBJECTIVES) | set(found)
+    assert interval_names("diversity") == ("diversity_ci_low", "diversity_ci_high")
 
 
 def test_a_metric_the_evaluation_did_not_compute_is_nan_not_zero():

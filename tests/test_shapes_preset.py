@@ -161,6 +161,12 @@ def test_evaluation_logs_the_oracle_accuracy(shapes_trainer):
         assert 0.0 <= value <= 1.0, (name, value)
     assert result.metrics["eval/oracle_scored"] == 4.0
     assert len(result.per_prompt["oracle_all"]) == 4
+    # the alignment objective is the oracle's accuracy here: per image 1 or 0, and its mean
+    m = result.metrics
+    assert m["eval/alignment"] == m["eval/oracle_all"]
+    per_image = [v for row in result.per_seed["alignment"] for v in row]
+    assert set(per_image) <= {0.0, 1.0} and len(per_image) == 4
+    assert m["eval/alignment_ci_low"] <= m["eval/alignment"] <= m["eval/alignment_ci_high"]
 
 
 def test_prompts_outside_the_world_train_with_a_warning(shapes_trainer, tmp_path, caplog):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from study.config import load_study_config
-from study.space import DefineByRun, reference_point, trial_run_config
+from study.space import DefineByRun, reference_point, study_run_config, trial_run_config
 from textcraftor.configio import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +22,11 @@ def test_default_and_sd15_configs_load():
     default = load_study_config()
     assert default.base.model.source == "shapes"
     assert set(default.search) == SEARCHED
-    assert default.objectives.names == ("quality", "diversity")
+    assert default.objectives.names == ("quality", "diversity", "alignment")
+    # on ShapesWorld, alignment is the oracle's accuracy
+    assert study_run_config(default).alignment_source() == "oracle_all"
     sd15 = load_study_config(REPO / "study" / "configs" / "sd15.yaml")
+    assert study_run_config(sd15).alignment_source() == "clip"  # no oracle: the CLIP score
     assert sd15.base.sample.resolution == 512 and sd15.base.sample.num_steps == 25
     assert sd15.resources.gpus_per_worker == 1
     assert sd15.search["train.lr"].log is True
@@ -320,3 +323,17 @@ def test_each_sampler_is_optunas_with_the_start_up_the_config_gives(tmp_path):
         study.sweep_dir.mkdir(parents=True)
         built = make_searcher(study).searcher.searcher._sampler  # StudySearch > limiter > Optuna
         assert type(built) is cls and getattr(built, attribute) == size, sampler
+
+
+def test_alignment_as_the_oracle_needs_an_oracle_named_before_any_trial():
+    with pytest.raises(ConfigError, match=r"objectives.alignment: the alignment objective as the "
+                                          r"oracle's accuracy needs ShapesWorld's oracle, and "
+                                          r"base.model.source=tiny"):
+        load_study_config(None, ["base.model.source=tiny", "base.data.prompts=null",
+                                 "objectives.alignment=oracle"])
+    with pytest.raises(ConfigError, match=r"objectives.alignment: 'exact' is not one of"):
+        load_study_config(None, ["objectives.alignment=exact"])
+    with pytest.raises(ConfigError, match=r"objectives.names: 'beauty' is not one of"):
+        load_study_config(None, ["objectives.names=[quality, beauty]"])
+    clip = load_study_config(None, ["objectives.alignment=clip"])
+    assert study_run_config(clip).alignment_source() == "clip"

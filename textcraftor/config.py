@@ -192,6 +192,7 @@ class DataConfig:
 LPIPS_TRUNKS = ("auto", "pretrained", "random")
 IMAGE_FEATURES = ("auto", "inception", "random")
 ORACLE = ("auto", "on", "off")
+ALIGNMENT = ("auto", "oracle", "clip")  # eval.alignment: where eval/alignment comes from
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,12 @@ class EvalConfig:
         default_factory=lambda: _frozen_mapping({}))  # (eval/quality, the per-prompt quality):
     #   fixed weights, the same for every run compared (a study's objectives.quality_weights);
     #   empty: no quality score, only the run's own training objective (eval/train_objective)
+    alignment: str = "auto"  # eval/alignment, per image: oracle (ShapesWorld's all-attribute
+    #                          accuracy, 0/1) | clip (the CLIP score) | auto: oracle when on
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quality_weights", _frozen_mapping(self.quality_weights))
+        require_choice(self.alignment, "eval.alignment", ALIGNMENT)
         require_finite("eval", self)
         for name, weight in self.quality_weights.items():
             require_choice(name, "eval.quality_weights", QUALITY_REWARDS)
@@ -278,10 +282,25 @@ class RunConfig:
                 "images with same-name .txt captions")
         require(not self.eval.diversity or len(self.data.eval_seeds) >= 2, "data.eval_seeds",
                 "eval.diversity needs at least 2 evaluation seeds per prompt")
+        require(self.eval.alignment != "oracle" or self.oracle_on(), "eval.alignment",
+                f"oracle needs ShapesWorld's oracle (eval.oracle on, or auto with model.source "
+                f"shapes; got eval.oracle={self.eval.oracle}, model.source="
+                f"{self.model.source}): use clip (the CLIP score) or auto")
         images = self.data.heldout_count * len(self.data.eval_seeds)
         require(not self.eval.distribution or self.eval.reference_dir or images >= 2,
                 "data.heldout_count", f"eval.distribution (KID/FID) needs at least 2 evaluation "
                 f"images; heldout_count × eval_seeds gives {images}")
+
+    def oracle_on(self) -> bool:
+        """Whether the evaluation reads images back with ShapesWorld's oracle (eval.oracle)."""
+        return self.eval.oracle == "on" or (self.eval.oracle == "auto"
+                                            and self.model.source == "shapes")
+
+    def alignment_source(self) -> str:
+        """The per-image score eval/alignment is: ``oracle_all`` or ``clip``."""
+        if self.eval.alignment == "auto":
+            return "oracle_all" if self.oracle_on() else "clip"
+        return "oracle_all" if self.eval.alignment == "oracle" else "clip"
 
     def with_output_dir(self, output_dir: str | Path) -> RunConfig:
         return replace(self, output_dir=str(output_dir))

@@ -136,8 +136,7 @@ class Evaluator:
 
     @property
     def oracle(self) -> bool:
-        setting = self.config.eval.oracle
-        return setting == "on" or (setting == "auto" and self.config.model.source == "shapes")
+        return self.config.oracle_on()
 
     @property
     def scoring_rewards(self) -> dict[str, Reward]:
@@ -219,6 +218,10 @@ class Evaluator:
             per_prompt["diversity_clip"] = clip.tolist()
         if self.oracle:
             metrics.update(oracle_metrics(images, prompts, s, per_prompt, per_seed))
+        source = self.config.alignment_source()  # eval/alignment: a per-image score renamed
+        if source in per_seed:
+            per_seed["alignment"], per_prompt["alignment"] = per_seed[source], per_prompt[source]
+            metrics["eval/alignment"] = metrics.get(f"eval/{source}", float("nan"))
         metrics.update(interval_metrics(per_seed, per_prompt))
         if e.distribution and reference is not None:
             reference = reference.to(self.device)
