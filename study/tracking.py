@@ -386,8 +386,10 @@ class MlflowTrialCallback(Callback):
         del self._points[trial.trial_id]
         self._save_pending()
         if status == "FAILED":
+            # the end: a traceback ends with its exception, and Tune appends one per failure
+            # of a trial it restarted ("Failure # 1", "Failure # 2", …)
             self.tracker.client.set_tag(run_id, "error",
-                                        trial_error_text(trial)[:4000] or "unknown")
+                                        trial_error_text(trial)[-4000:] or "unknown")
         stopped = self.stopped_at(trial.trial_id) if self.stopped_at else None
         if status == "FINISHED" and stopped is not None:  # stopped early: not a failure
             self.tracker.client.set_tag(run_id, STOPPED_TAG, str(stopped))
