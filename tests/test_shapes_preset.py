@@ -169,6 +169,21 @@ def test_evaluation_logs_the_oracle_accuracy(shapes_trainer):
     assert m["eval/alignment_ci_low"] <= m["eval/alignment"] <= m["eval/alignment_ci_high"]
 
 
+def test_the_oracle_measures_diversity_in_what_prompts_leave_free(shapes_trainer):
+    """eval/diversity_attributes: per prompt, the normalised entropy across seeds of each
+    attribute the prompt leaves free, read from the pixels (0..1), with its interval; and the
+    Fréchet distance on the world's CLIP image features (the base model against itself: 0)."""
+    result = shapes_trainer("data.eval_seeds=[0, 1]", "data.heldout_count=3",
+                            "eval.distribution=true").evaluate()
+    m = result.metrics
+    assert 0.0 <= m["eval/diversity_attributes_ci_low"] <= m["eval/diversity_attributes"] \
+        <= m["eval/diversity_attributes_ci_high"] <= 1.0
+    per_prompt = [v for v in result.per_prompt["diversity_attributes"] if v is not None]
+    assert len(result.per_prompt["diversity_attributes"]) == 3 and per_prompt
+    assert m["eval/diversity_attributes"] == pytest.approx(sum(per_prompt) / len(per_prompt))
+    assert abs(m["eval/fd_clip"]) < 1e-3  # its reference is the base model's own images
+
+
 def test_prompts_outside_the_world_train_with_a_warning(shapes_trainer, tmp_path, caplog):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on the left\na blue square\na green star at the top\n"

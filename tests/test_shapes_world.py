@@ -214,3 +214,38 @@ def test_vocabulary_is_well_separated():
     for name, rgb in COLOURS.items():
         others = [*BACKGROUNDS.values(), *(c for n, c in COLOURS.items() if n != name)]
         assert min(np.linalg.norm(np.subtract(rgb, other)) for other in others) > 100
+
+
+def test_free_attributes_are_what_the_image_shows_of_what_the_prompt_leaves_open():
+    from textcraftor.shapes.oracle import free_attributes
+
+    image = render(Scene((ShapeSpec("circle", "red", "large", "left"),), "black"))
+    assert free_attributes(image, "a red circle") == {
+        "0.size": "large", "0.position": "left", "background": "black"}
+    assert free_attributes(image, "a large red circle on the left on a black background") == {}
+    # a named shape the image lacks shows nothing of its free attributes
+    assert free_attributes(image, "a red circle and a blue square")["1.size"] is None
+    assert free_attributes(image, "a photo of a cat") == {}
+
+
+def test_attribute_diversity_is_0_for_identical_images_and_1_for_all_different():
+    from textcraftor.shapes.oracle import attribute_diversity, free_attributes
+
+    prompt = "a red circle"  # free: size, position, background
+    def reading(size, position, background):
+        return free_attributes(render(Scene((ShapeSpec("circle", "red", size, position),),
+                                            background)), prompt)
+
+    same = [reading("large", "left", "white")] * 3
+    assert attribute_diversity(same) == 0.0
+    # every free attribute different across two images: the most two images can differ
+    assert attribute_diversity([reading("large", "left", "white"),
+                                reading("small", "right", "black")]) == pytest.approx(1.0)
+    # only the position differs among 3 images (left, left, right): one third of the entropy
+    # that varies, over the 3 free attributes
+    three = [reading("large", "left", "white"), reading("large", "left", "white"),
+             reading("large", "right", "white")]
+    h = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3)) / np.log(3)
+    assert attribute_diversity(three) == pytest.approx(h / 3)
+    assert np.isnan(attribute_diversity(same[:1]))  # one image: no spread to measure
+    assert np.isnan(attribute_diversity([{}, {}]))  # nothing left free

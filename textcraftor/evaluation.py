@@ -99,11 +99,18 @@ def oracle_metrics(images: torch.Tensor, prompts: Sequence[str], seeds: int,
     prompt mentions the attribute (not differentiable; attributes no prompt mentions are left
     out), and ``eval/oracle_scored``, the number of images it could score. Each prompt's
     ``oracle_all`` (mean over its seeds; None if unscored) goes into ``per_prompt``, each
-    image's (1 or 0; None if unscored) into ``per_seed``."""
-    from textcraftor.shapes.oracle import image_alignments, mean_alignment
+    image's (1 or 0; None if unscored) into ``per_seed``. ``eval/diversity_attributes``: per
+    prompt, how varied its images are in the attributes it leaves free, read by the oracle
+    (``attribute_diversity``: normalised entropy across seeds, 0..1), averaged over the
+    prompts that leave something free; per prompt in ``per_prompt``."""
+    from textcraftor.shapes.oracle import attribute_diversity, image_readings, mean_alignment
 
     repeated = [p for p in prompts for _ in range(seeds)]  # images are prompt-major
-    scores = image_alignments(images, repeated)
+    readings = image_readings(images, repeated)
+    scores = [score for score, _ in readings]
+    varied = [attribute_diversity([free for _, free in readings[i * seeds:(i + 1) * seeds]])
+              for i in range(len(prompts))]
+    per_prompt["diversity_attributes"] = [None if v != v else v for v in varied]
     by_prompt = [mean_alignment(scores[i * seeds:(i + 1) * seeds], [p] * seeds)["all"]
                  for i, p in enumerate(prompts)]
     per_prompt["oracle_all"] = [None if v != v else v for v in by_prompt]  # JSON has no NaN
@@ -114,6 +121,9 @@ def oracle_metrics(images: torch.Tensor, prompts: Sequence[str], seeds: int,
     metrics = {f"eval/oracle_{k}": v for k, v in total.items()
                if k not in ("unscored", "out_of_vocabulary") and v == v}
     metrics["eval/oracle_scored"] = float(len(repeated) - total["unscored"])
+    known = [v for v in varied if v == v]
+    if known:
+        metrics["eval/diversity_attributes"] = float(sum(known) / len(known))
     return metrics
 
 
@@ -230,6 +240,11 @@ class Evaluator:
             metrics.update({"eval/fid": found["fid"], "eval/kid": found["kid"],
                             "eval/kid_std": found["kid_std"],
                             "eval/cmmd": cmmd(images_on_device, reference, self.clip_features),
+                            # the Fréchet distance on the run's own CLIP image embeddings (the
+                            # world's CLIP on ShapesWorld): trained weights, unlike offline FID's
+                            "eval/fd_clip": distribution_distances(
+                                images_on_device, reference, self.clip_features,
+                                kid_subset_size=e.kid_subset_size)["fid"],
                             # N beside every value: FID and KID are biased at small N
                             "eval/num_images": float(found["n"]),
                             "eval/num_reference": float(found["n_reference"])})

@@ -166,11 +166,7 @@ def compare(expected: Scene, observed: Scene) -> Scores:
     """Per-attribute accuracy of ``observed`` against what ``expected`` mentions (None where it
     mentions nothing). Expected shapes are matched to observed ones by the assignment with the
     most agreeing attributes; an expected shape left without a partner agrees on nothing."""
-    agree = np.zeros((len(expected.shapes), len(observed.shapes)))
-    for i, want in enumerate(expected.shapes):
-        for j, got in enumerate(observed.shapes):
-            agree[i, j] = sum(_agreement(want, got).values())
-    partner: dict[int, int] = dict(zip(*linear_sum_assignment(agree, maximize=True)))
+    partner = _partners(expected, observed)
     scores: Scores = {}
     for attribute in SHAPE_ATTRIBUTES:
         hits = [
@@ -186,6 +182,64 @@ def compare(expected: Scene, observed: Scene) -> Scores:
     )
     scores["all"] = float(all(v == 1.0 for v in scores.values() if v is not None))
     return {name: scores[name] for name in SCORES}
+
+
+def _partners(expected: Scene, observed: Scene) -> dict[int, int]:
+    """Expected shape index → its observed partner's, by the assignment with the most agreeing
+    attributes (``scipy.optimize.linear_sum_assignment``)."""
+    agree = np.zeros((len(expected.shapes), len(observed.shapes)))
+    for i, want in enumerate(expected.shapes):
+        for j, got in enumerate(observed.shapes):
+            agree[i, j] = sum(_agreement(want, got).values())
+    return dict(zip(*linear_sum_assignment(agree, maximize=True)))
+
+
+# how many values each attribute a prompt can leave free takes
+ATTRIBUTE_VALUES = {"colour": len(COLOURS), "size": len(SIZES), "position": len(POSITIONS),
+                    "background": len(BACKGROUNDS)}
+
+
+def free_attributes(image: Image.Image | np.ndarray, prompt: str) -> dict[str, str | None]:
+    """What the image shows of every attribute the prompt leaves free: each named shape's
+    colour, size and position when the prompt does not say them (``"1.colour"``: shape 1's),
+    and the background when it names none; None for a named shape the image lacks. {} when the
+    prompt names no shape."""
+    expected, _ = parse_prompt(prompt)
+    if expected is None:
+        return {}
+    return _free(expected, read_scene(image))
+
+
+def _free(expected: Scene, observed: Scene) -> dict[str, str | None]:
+    partner = _partners(expected, observed)
+    values: dict[str, str | None] = {}
+    for i, want in enumerate(expected.shapes):
+        got = observed.shapes[partner[i]] if i in partner else None
+        for attribute in ("colour", "size", "position"):
+            if getattr(want, attribute) is None:
+                values[f"{i}.{attribute}"] = getattr(got, attribute) if got else None
+    if expected.background is None:
+        values["background"] = observed.background
+    return values
+
+
+def attribute_diversity(readings: Sequence[dict[str, str | None]]) -> float:
+    """How varied one prompt's images are in what the prompt leaves free, from
+    ``free_attributes`` of each of its S images (seeds): per free attribute, the entropy of its
+    values across the images over the most it can be (log min(S, number of values)), averaged
+    over the attributes; 0 when every image shows the same, 1 when they differ as much as S
+    images can. NaN when the prompt leaves nothing free or S < 2."""
+    if len(readings) < 2 or not readings[0]:
+        return math.nan
+    entropies = []
+    for key in readings[0]:
+        values = [r.get(key) for r in readings]
+        _, counts = np.unique(np.asarray([str(v) for v in values]), return_counts=True)
+        p = counts / counts.sum()
+        kind = key.rsplit(".", 1)[-1]
+        most = math.log(min(len(values), ATTRIBUTE_VALUES[kind]))
+        entropies.append(float(-(p * np.log(p)).sum() / most))
+    return float(np.mean(entropies))
 
 
 def _agreement(want: ShapeSpec, got: ShapeSpec) -> dict[str, bool]:
@@ -213,6 +267,25 @@ def image_alignments(images: torch.Tensor, prompts: Sequence[str]) -> list[Score
     pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
     return [alignment(array, prompt) for array, prompt in zip(pixels, prompts)]
+
+
+def image_readings(images: torch.Tensor, prompts: Sequence[str]
+                   ) -> list[tuple[Scores, dict[str, str | None]]]:
+    """Each float image [N,3,H,W] in [0,1], read once: its ``alignment`` against its prompt and
+    its ``free_attributes``."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
+        raise ValueError(f"expected images [N,3,H,W] for {len(prompts)} prompts, "
+                         f"got {tuple(images.shape)}")
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    readings = []
+    for array, prompt in zip(pixels.permute(0, 2, 3, 1).cpu().numpy(), prompts):
+        expected, _ = parse_prompt(prompt)
+        if expected is None:
+            readings.append((dict.fromkeys(SCORES, None), {}))
+            continue
+        observed = read_scene(array)
+        readings.append((compare(expected, observed), _free(expected, observed)))
+    return readings
 
 
 def mean_alignment(scores: Sequence[Scores], prompts: Sequence[str]) -> dict[str, float]:
