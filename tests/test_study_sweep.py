@@ -79,7 +79,9 @@ def test_completed_trials_are_tracked_everywhere(tiny_sweep):
     trials = optuna.load_study(study_name="e2e", storage=storage).trials
     states = sorted(t.state.name for t in trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
-    assert all(len(t.values) == 2 for t in trials if t.state.name == "COMPLETE")
+    # the default study's three objectives: quality, diversity, alignment
+    assert summary["objectives"] == ["quality", "diversity", "alignment"]
+    assert all(len(t.values) == 3 for t in trials if t.state.name == "COMPLETE")
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_sweep):
@@ -226,7 +228,7 @@ def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
 
 def test_optuna_dashboard_shows_the_study_under_its_names(tiny_sweep):
     """optuna-dashboard (the UI Optuna users already run) reads the sweep's optuna.db as it is:
-    the study, its two objectives by name, every trial's hyperparameters by run-config path."""
+    the study, its objectives by name, every trial's hyperparameters by run-config path."""
     import shutil
     import sys
     import urllib.request
@@ -243,10 +245,10 @@ def test_optuna_dashboard_shows_the_study_under_its_names(tiny_sweep):
         with urllib.request.urlopen(base, timeout=10) as reply:
             studies = json.loads(reply.read())["study_summaries"]
         (study,) = [s for s in studies if s["study_name"] == "e2e"]
-        assert study["directions"] == ["maximize", "maximize"]
+        assert study["directions"] == ["maximize"] * 3
         with urllib.request.urlopen(f"{base}/{study['study_id']}?after=0", timeout=10) as reply:
             detail = json.loads(reply.read())
-    assert detail["objective_names"] == ["quality", "diversity"]
+    assert detail["objective_names"] == ["quality", "diversity", "alignment"]
     assert len(detail["trials"]) == summary["num_trials"] == 3
     for trial in detail["trials"]:
         assert {p["name"] for p in trial["params"]} == set(E2E_PARAMS)
