@@ -192,7 +192,9 @@ class TunerConfig:
     seed: int = 0  # sampler seed
     n_startup_trials: int | None = None  # tpe/gp: random trials before the model (None: 10)
     population_size: int | None = None  # nsga2: trials per generation, the first random (None: 50)
-    num_samples: int = 4  # trials
+    num_samples: int = 4  # configurations the sampler draws (trials: num_samples × repeats)
+    repeats: int = 1  # trials per configuration, each with its own training seed (train.seed
+    #                   + repeat index); the sampler is told the repeats' mean
     max_concurrent: int = 1  # trials at once
     scheduler: str = "fifo"  # fifo | asha (one objective) | moasha (multi-objective ASHA)
     rungs: tuple[int, ...] = ()  # moasha: training steps at which trials are ranked (evaluation
@@ -208,6 +210,10 @@ class TunerConfig:
         require(self.num_samples >= 1, "tuner.num_samples", f"must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, "tuner.max_concurrent",
                 f"must be >= 1, got {self.max_concurrent}")
+        require(self.repeats >= 1, "tuner.repeats", f"must be >= 1, got {self.repeats}")
+        require(self.repeats == 1 or self.scheduler == "fifo", "tuner.repeats",
+                f"{self.repeats} repeats need scheduler fifo: an early-stopping scheduler "
+                f"({self.scheduler!r}) would judge each repeat alone, not the configuration")
         require(self.scheduler == "moasha" or not self.rungs, "tuner.rungs",
                 f"applies to scheduler moasha, not {self.scheduler!r}")
         require(self.reduction_factor >= 2, "tuner.reduction_factor",
@@ -222,6 +228,11 @@ class TunerConfig:
                     f"applies to sampler nsga2, not {self.sampler!r}")
             require(self.population_size >= 2, "tuner.population_size",
                     f"must be >= 2, got {self.population_size}")
+
+    @property
+    def num_trials(self) -> int:
+        """Ray Tune trials of the study: every configuration, every repeat."""
+        return self.num_samples * self.repeats
 
     def random_trials(self) -> int:
         """How many trials the sampler draws at random before it uses what it has seen: the

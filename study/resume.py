@@ -123,5 +123,5 @@ class StudySearch(SearchGenerator):
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
         tuner = json.loads((Path(self.sweep_dir) / STUDY_CONFIG).read_text())["tuner"]
-        self._total_samples = int(tuner["num_samples"])
+        self._total_samples = int(tuner["num_samples"]) * int(tuner.get("repeats", 1))
         self.searcher.set_max_concurrency(int(tuner["max_concurrent"]))

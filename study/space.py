@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
+
+# a repeat's index in its Tune config (tuner.repeats): the key Tune's Repeater sets (TRIAL_INDEX)
+REPEAT_INDEX = "__trial_index__"
 from textcraftor.config import RunConfig
 from textcraftor.configio import from_dict, get_path, path_annotation, set_path, to_dict
 
@@ -68,6 +71,9 @@ def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: 
         data = set_path(data, path, params[path], RunConfig)
     run = from_dict(RunConfig, data)
     train = run.train
+    repeat = int(params.get(REPEAT_INDEX, 0))  # tuner.repeats: each repeat its own seed
+    if repeat:
+        train = replace(train, seed=train.seed + repeat)
     for fault in study.fault_injection:
         if fault.nan_at_step and fault.matches(params):
             train = replace(train, inject_nan_at=fault.nan_at_step)

@@ -8,6 +8,7 @@ sweep without re-running finished trials. No arguments: the embedded default stu
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -315,6 +316,10 @@ def make_searcher(study: StudyConfig):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.load_study(study_name=study.name, storage=storage_url).set_metric_names(names)
+    if t.repeats > 1:  # each configuration tried with t.repeats training seeds, told as a mean
+        from study.repeats import Repeats
+
+        searcher = Repeats(searcher, repeat=t.repeats)
     return StudySearch(searcher, t.max_concurrent, study.sweep_dir)
 
 
@@ -360,7 +365,7 @@ def make_tuner(study: StudyConfig, callbacks: list, resume: bool, verbose: bool 
     return tune.Tuner(
         make_trainable(study),
         tune_config=tune.TuneConfig(search_alg=make_searcher(study), scheduler=scheduler,
-                                    num_samples=study.tuner.num_samples,
+                                    num_samples=study.tuner.num_trials,
                                     # in-process trials: the next trial runs in the process
                                     # the last one used, its imports done
                                     reuse_actors=study.resources.in_process),
@@ -388,7 +393,7 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
     """Every trial Tune knows of as a summary record: TERMINATED or ERROR when it ran to its
     end, STOPPED when MO-ASHA stopped it at a rung (``stopped_at_step``), INTERRUPTED when it
     started and the sweep was stopped, NOT_STARTED when it never started."""
-    from study.space import trial_params
+    from study.space import REPEAT_INDEX, trial_params
 
     records = []
     stopped = stopped_trials(study.sweep_dir)
@@ -403,6 +408,7 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
             "status": status,
             "stopped_at_step": stopped.get(trial.trial_id),
             "params": trial_params(trial.config, study),
+            "repeat": int(trial.config.get(REPEAT_INDEX, 0)),  # tuner.repeats: its seed offset
             "objectives": {o: _finite_or_none(last.get(o)) for o in study.objectives.names},
             # each objective's 95 % bootstrap interval at the last evaluation (study.objectives)
             "intervals": {o: [_finite_or_none(last.get(k)) for k in interval_names(o)]
@@ -419,6 +425,11 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
             "mlflow_run_id": tracker.run_id(trial.trial_id),
             "run_dir": str(study.sweep_dir / "trials" / trial.trial_id),
         })
+    if study.tuner.repeats > 1:  # a configuration's repeats: the same params, seeds 0, 1, …
+        first: dict[str, str] = {}
+        for record in sorted(records, key=lambda r: (r["repeat"], r["trial_id"])):
+            key = json.dumps(record["params"], sort_keys=True, default=str)
+            record["repeat_of"] = first.setdefault(key, record["trial_id"])
     return sorted(records, key=lambda r: r["trial_id"])
 
 
@@ -506,7 +517,7 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
         upload(sweep_dir / "summary.json", f"{study.storage_dir}/summary.json")
     table = pareto_table(summary)
     complete = (not summary["unfinished"] and not summary["interrupted_by"]
-                and summary["num_trials"] >= summary["num_samples"])
+                and summary["num_trials"] >= summary["expected_trials"])
     parent = tracker.parent_id
     tracker.safely(lambda: tracker.client.log_artifact(parent, str(sweep_dir / "summary.json")))
     tracker.safely(lambda: tracker.client.log_text(parent, table, "pareto.txt"))
@@ -519,7 +530,7 @@ def run_sweep(study: StudyConfig, address: str | None = None, resume: bool = Fal
     if not complete:
         counts = ", ".join(f"{n} {s}" for s, n in summary["status_counts"].items()
                            if s not in FINISHED)
-        missing = summary["num_samples"] - summary["num_trials"]
+        missing = summary["expected_trials"] - summary["num_trials"]
         print(f"\n{summary['unfinished']} trial(s) unfinished ({counts or 'none'}), {missing} "
               "not created yet: continue with --resume", file=sys.stderr)
     if tracker.errors:
@@ -569,6 +580,8 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
     summary = summarize(trial_records(results, study, tracker, statuses, clock),
                         study.objectives.names)
     summary.update({"name": study.name, "num_samples": study.tuner.num_samples,
+                    # Tune trials of the whole study: num_samples × tuner.repeats
+                    "repeats": study.tuner.repeats, "expected_trials": study.tuner.num_trials,
                     # how much of the study the sampler drew at random (Optuna's start-up)
                     "sampler": {"name": study.tuner.sampler,
                                 "random_trials": min(study.tuner.random_trials(),
@@ -589,6 +602,10 @@ def _track_and_tune(study: StudyConfig, tracker: SweepTracker, resume: bool, uri
                                    if isinstance(t.get("steps"), int))
     summary["front"] = front_record(summary, study.objectives.names)
     compare_to_baseline(summary, study)
+    if study.tuner.repeats > 1:
+        from study.repeats import repeat_groups
+
+        summary["repeat_groups"] = repeat_groups(summary["trials"], study.objectives.names)
     return summary
 
 
@@ -646,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: interrupted by {stop.received.name}: {summary['unfinished']} trial(s) "
               "unfinished; continue with --resume", file=sys.stderr)
         return stop.exit_code
-    if summary["unfinished"] or summary["num_trials"] < summary["num_samples"]:
+    if summary["unfinished"] or summary["num_trials"] < summary["expected_trials"]:
         print("error: the sweep stopped before all its trials ended; continue with --resume",
               file=sys.stderr)
         return 1

@@ -372,3 +372,28 @@ def test_every_objective_carries_its_interval_and_each_trial_its_paired_verdict(
     console = result.stdout
     assert "  baseline  FINISHED  " in console
     assert "[95 % bootstrap interval over 4 prompts x 2 seeds]" in console
+
+
+def test_repeats_train_one_configuration_with_several_seeds_and_optuna_sees_the_mean(tmp_path):
+    """tuner.repeats=2, one configuration: two Ray trials with training seeds 0 and 1, one
+    Optuna trial whose values are the two trials' means, the group's spread in summary.json."""
+    run_sweep(tmp_path, "--num-samples", "1", "--set", "tuner.repeats=2", "--set", "name=rep")
+    sweep_dir = tmp_path / "sweeps" / "rep"
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert (summary["num_trials"], summary["expected_trials"], summary["repeats"]) == (2, 2, 2)
+    trials = summary["trials"]
+    assert sorted(t["repeat"] for t in trials) == [0, 1]
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 1
+    seeds = sorted(json.loads((Path(t["run_dir"]) / "config.json").read_text())["train"]["seed"]
+                   for t in trials)
+    assert seeds == [seeds[0], seeds[0] + 1]
+    (group,) = summary["repeat_groups"]
+    assert sorted(group["trials"]) == sorted(t["trial_id"] for t in trials)
+    names = summary["objectives"]
+    (told,) = optuna.load_study(study_name="rep",
+                                storage=f"sqlite:///{sweep_dir}/optuna.db").trials
+    assert told.state.name == "COMPLETE"
+    for name, value in zip(names, told.values):
+        mean = sum(t["objectives"][name] for t in trials) / 2
+        assert value == pytest.approx(mean) == pytest.approx(group["objectives"][name]["mean"])
+        assert group["objectives"][name]["n"] == 2
