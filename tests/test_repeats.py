@@ -57,6 +57,10 @@ def test_each_repeat_trains_with_its_own_seed_and_groups_summarise_the_spread(tm
     seeds = [trial_run_config(study, {**params, REPEAT_INDEX: r}, tmp_path).train.seed
              for r in range(3)]
     assert seeds == [study.base.train.seed + r for r in range(3)]
+    # every repeat is evaluated on the same held-out prompts: the split keeps the base's seed
+    splits = {trial_run_config(study, {**params, REPEAT_INDEX: r}, tmp_path)
+              .held_out_split_seed() for r in range(3)}
+    assert splits == {study.base.train.seed}
     assert study.tuner.num_trials == 3 * study.tuner.num_samples
     trials = [
         {"trial_id": "a", "repeat_of": "a", "status": "TERMINATED", "params": {"w": 1},

@@ -387,6 +387,8 @@ def test_repeats_train_one_configuration_with_several_seeds_and_optuna_sees_the_
     seeds = sorted(json.loads((Path(t["run_dir"]) / "config.json").read_text())["train"]["seed"]
                    for t in trials)
     assert seeds == [seeds[0], seeds[0] + 1]
+    # both repeats on the baseline's held-out prompts and seeds: each has its paired verdict
+    assert all(v["verdict"] != "unknown" for t in trials for v in t["vs_baseline"].values())
     (group,) = summary["repeat_groups"]
     assert sorted(group["trials"]) == sorted(t["trial_id"] for t in trials)
     names = summary["objectives"]

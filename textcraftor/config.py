@@ -180,7 +180,9 @@ class DataConfig:
     pairs: str | None = None  # direct truncation's image–caption pairs: "shapes" or a folder
     #                           of images with same-name .txt captions; None = shapes for that
     #                           preset
-    heldout_count: int = 8  # held-out evaluation prompts, split off by seed
+    heldout_count: int = 8  # held-out evaluation prompts, split off by split_seed
+    split_seed: int | None = None  # seed of the train / held-out split; None: train.seed (a
+    #                                study pins it, so every run evaluates the same prompts)
     eval_seeds: tuple[int, ...] = (0, 1)  # noise seeds per held-out prompt at evaluation
 
     def __post_init__(self) -> None:
@@ -290,6 +292,10 @@ class RunConfig:
         require(not self.eval.distribution or self.eval.reference_dir or images >= 2,
                 "data.heldout_count", f"eval.distribution (KID/FID) needs at least 2 evaluation "
                 f"images; heldout_count × eval_seeds gives {images}")
+
+    def held_out_split_seed(self) -> int:
+        """The seed of the train / held-out prompt split: data.split_seed, else train.seed."""
+        return self.train.seed if self.data.split_seed is None else self.data.split_seed
 
     def oracle_on(self) -> bool:
         """Whether the evaluation reads images back with ShapesWorld's oracle (eval.oracle)."""

@@ -81,7 +81,7 @@ class TextCraftor:
         self.autocast = autocast_dtype(m.mixed_precision, self.device)
         # Everything cheap and checkable first: a bad prompt file fails before models load.
         self.split = split_prompts(run_prompts(d, m.source), heldout_count=d.heldout_count,
-                                   seed=config.train.seed)
+                                   seed=config.held_out_split_seed())
         self.prompt_sampler = PromptSampler(self.split.train, config.train.batch_size,
                                             config.train.seed, rank, world_size)
         self.pairs = None  # direct fine-tuning's image–caption pairs
