@@ -84,8 +84,8 @@ def quality_vs_diversity(runs: pd.DataFrame, x: str = "diversity", y: str = "qua
     title = f"{y} against {x}"
     if len(failed):
         title += f"  ({len(failed)} trial(s) not finished: not shown)"
-    axes.set(xlabel=f"{x} (intra-prompt LPIPS, higher = more varied)" if x == "diversity"
-             else x, ylabel=y, title=title)
+    axes.set(xlabel=f"{x} (across seeds, per prompt; higher = more varied)"
+             if x == "diversity" else x, ylabel=y, title=title)
     if error_bars(trials, y) is not None:
         axes.text(0.01, 0.01, "bars: 95 % bootstrap intervals over the held-out prompts",
                   transform=axes.transAxes, fontsize=7, color="dimgray")
@@ -166,7 +166,7 @@ def interpolation_curve(table: pd.DataFrame, trial_id: str) -> Figure:
     right = left.twinx()
     if table["diversity"].notna().any():
         right.plot(table["alpha"], table["diversity"], "s--", c="tab:blue", label="diversity")
-    right.set_ylabel("diversity (intra-prompt LPIPS)")
+    right.set_ylabel("diversity (across seeds, per prompt)")
     left.set_title(f"interpolation dial, trial {trial_id}")
     figure.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), fontsize=8)
     left.grid(alpha=0.3)

@@ -177,7 +177,7 @@ def prompt_vs_direct(table: pd.DataFrame) -> str:
         row = table.loc[mode]
         parts = [f"**{mode}** ({int(row['steps'])} steps, {row['train_seconds']:.0f} s of "
                  f"training)"]
-        for metric in ("aesthetic", "clip", "oracle_all", "diversity_lpips"):
+        for metric in ("aesthetic", "clip", "oracle_all", "diversity_attributes"):
             if pd.notna(row.get(metric)) and pd.notna(base.get(metric)):
                 parts.append(f"{metric} {base[metric]:.3f} → {row[metric]:.3f} "
                              f"({row[metric] - base[metric]:+.3f})")

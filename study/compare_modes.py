@@ -29,8 +29,9 @@ from textcraftor.atomic import write_text_atomic
 # On top of the default study's base run (study/configs/default.yaml: ShapesWorld): evaluate at
 # the start (the base row) and the end only, and keep the sample grids for the notebook.
 RUN_OVERRIDES = ("train.eval_every=0", "train.sample_grid=true", "train.eval_at_start=true")
+# ShapesWorld's own measures (the oracle's; its CLIP's features): trained, exact or both
 METRICS = ("aesthetic", "clip", "oracle_all", "oracle_colour", "oracle_shape",
-           "oracle_position", "diversity_lpips", "kid")
+           "oracle_position", "diversity_attributes", "fd_clip")
 MODES = ("last_k", "direct")
 
 

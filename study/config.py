@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from study.objectives import OBJECTIVES
-from textcraftor.config import ALIGNMENT, QUALITY_REWARDS, RunConfig
+from textcraftor.config import ALIGNMENT, DIVERSITY, QUALITY_REWARDS, RunConfig
 from textcraftor.configio import (
     ConfigError,
     apply_overrides,
@@ -170,6 +170,9 @@ class ObjectiveConfig:
         default_factory=lambda: types.MappingProxyType({"aesthetic": 1.0}))  # same for all trials
     alignment: str = "auto"  # what alignment is: oracle (ShapesWorld's oracle accuracy) | clip
     #                          (CLIP score) | auto: the oracle where there is one (eval.alignment)
+    diversity: str = "auto"  # what diversity is: attributes (the oracle's) | lpips | clip | auto:
+    #                          attributes with an oracle, else LPIPS with its trained trunk, else
+    #                          clip (the runs' eval.diversity_metric)
 
     def __post_init__(self) -> None:
         require(len(self.names) >= 1, "objectives.names",
@@ -184,6 +187,7 @@ class ObjectiveConfig:
         for name in self.quality_weights:
             require_choice(name, "objectives.quality_weights", QUALITY_REWARDS)
         require_choice(self.alignment, "objectives.alignment", ALIGNMENT)
+        require_choice(self.diversity, "objectives.diversity", DIVERSITY)
 
 
 @dataclass(frozen=True)
@@ -405,6 +409,10 @@ class StudyConfig:
                 "a study scores every run with its objectives.quality_weights; leave it unset")
         require("diversity" not in self.objectives.names or self.base.eval.diversity,
                 "objectives.names", "diversity needs base.eval.diversity=true")
+        require(self.objectives.diversity != "attributes" or self.base.oracle_on(),
+                "objectives.diversity", f"attributes (read by ShapesWorld's oracle) needs the "
+                f"oracle, and base.model.source={self.base.model.source} with "
+                f"base.eval.oracle={self.base.eval.oracle} has none: use lpips, clip or auto")
         require(self.objectives.alignment != "oracle" or self.base.oracle_on(),
                 "objectives.alignment", f"the alignment objective as the oracle's accuracy "
                 f"needs ShapesWorld's oracle, and base.model.source={self.base.model.source} "

@@ -7,9 +7,11 @@ reads the per-prompt tables through ``PER_PROMPT_COLUMNS``. No Ray, no torch: an
   ``objectives.quality_weights`` qᵢ (the same for every run compared) and the rewards' loss scales
   sᵢ (``textcraftor.rewards.loss_scales``), averaged over the held-out prompts and seeds. A run's
   own training objective (its weights and λ·CLIP) is ``eval/train_objective``, never "quality".
-- ``diversity``: ``eval/diversity_lpips``, the mean pairwise LPIPS distance between the images
-  of one prompt over the evaluation seeds, averaged over prompts (higher = more varied; mode
-  collapse lowers it).
+- ``diversity``: ``eval/diversity``, how varied one prompt's images are across the evaluation
+  seeds, averaged over prompts (higher = more varied; mode collapse lowers it): on ShapesWorld
+  the oracle's reading of the attributes the prompt leaves free (``diversity_attributes``),
+  elsewhere the mean pairwise LPIPS distance with its trained trunk, else the distance of the
+  run's CLIP image embeddings (``objectives.diversity``, the run's ``eval.diversity_metric``).
 - ``alignment``: ``eval/alignment``, per image how well it shows its prompt, averaged: on
   ShapesWorld the oracle's all-attribute accuracy (1 when every attribute the prompt names is
   read back from the pixels), elsewhere the CLIP score (``objectives.alignment``, the run's
@@ -28,7 +30,7 @@ from collections.abc import Mapping
 # objective name -> the evaluation metric it is (the run's metrics key)
 OBJECTIVE_METRICS: dict[str, str] = {
     "quality": "eval/quality",
-    "diversity": "eval/diversity_lpips",
+    "diversity": "eval/diversity",
     "alignment": "eval/alignment",
 }
 OBJECTIVES: tuple[str, ...] = tuple(OBJECTIVE_METRICS)

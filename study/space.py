@@ -56,12 +56,14 @@ def reference_point(study: StudyConfig) -> dict[str, Any]:
 def study_run_config(study: StudyConfig) -> RunConfig:
     """``base`` as every run of the study evaluates it: its quality score (eval/quality, per
     image and per prompt) with the study's fixed ``objectives.quality_weights``, its alignment
-    score (eval/alignment) as ``objectives.alignment`` says, and its held-out prompts split off
+    and diversity (eval/alignment, eval/diversity) as ``objectives.alignment`` and
+    ``objectives.diversity`` say, and its held-out prompts split off
     with the base's seed (``data.split_seed``), whatever seed a trial trains with (a repeat, a
     searched ``train.seed``): every run is compared on the same prompts."""
     base = study.base
     return replace(base, eval=replace(base.eval, quality_weights=study.objectives.quality_weights,
-                                      alignment=study.objectives.alignment),
+                                      alignment=study.objectives.alignment,
+                                      diversity_metric=study.objectives.diversity),
                    data=replace(base.data, split_seed=base.held_out_split_seed()))
 
 

@@ -40,11 +40,12 @@ def test_runs_table_keeps_failed_trials_and_the_baseline(store):
     base = study.baseline.iloc[0]
     assert base["status"] == "FINISHED"
     for name in ("quality", "diversity", "eval/aesthetic", "eval/clip", "eval/diversity_clip",
-                 "eval/kid", "eval/fid", "eval/num_images"):
+                 "eval/kd_random_features", "eval/fd_random_features", "eval/num_images"):
         assert name in study.runs and study.runs[name].notna().all() or name in base, name
     # the baseline is its own reference: KID/FID ≈ 0 at N = 4 prompts × 2 seeds
     assert base["eval/num_images"] == 8
-    assert abs(base["eval/kid"]) < 1e-3 and abs(base["eval/fid"]) < 1e-3
+    assert abs(base["eval/kd_random_features"]) < 1e-3
+    assert abs(base["eval/fd_random_features"]) < 1e-3
     # the searched run-config paths, named as in the YAML; the K column is the searched K,
     # never the step metric of the K drawn (train/k_drawn)
     assert study.hyperparameters() == sorted(E2E_PARAMS)

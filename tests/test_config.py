@@ -176,6 +176,8 @@ def test_k_boundaries_are_valid():
     ("reward.dtype=fp8", "reward.dtype"),
     ("eval.alignment=exact", "eval.alignment"),
     ("eval.alignment=oracle", "eval.alignment"),  # the default run config has no oracle
+    ("eval.diversity_metric=attributes", "eval.diversity_metric"),
+    ("eval.diversity_metric=entropy", "eval.diversity_metric"),
 ])
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match="^" + field.replace(".", r"\.") + ":"):

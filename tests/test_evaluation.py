@@ -21,16 +21,22 @@ def test_base_model_is_its_own_reference_and_training_moves_away(make_trainer):
     before = trainer.evaluate()
     m = before.metrics
     assert m["eval/num_images"] == 6 and m["eval/num_reference"] == 6
-    assert abs(m["eval/fid"]) < 1e-4 and abs(m["eval/cmmd"]) < 1e-4
-    assert abs(m["eval/kid"]) < 5e-3  # unbiased estimator: ≈ 0, slightly negative at small N
-    assert m["eval/diversity_lpips"] > 0 and m["eval/diversity_clip"] > 0
+    # offline (the tiny preset), the networks are random: the metrics are named so, never
+    # FID, KID or LPIPS
+    assert not {"eval/fid", "eval/kid", "eval/diversity_lpips"} & set(m)
+    assert abs(m["eval/fd_random_features"]) < 1e-4 and abs(m["eval/cmmd"]) < 1e-4
+    assert abs(m["eval/kd_random_features"]) < 5e-3  # unbiased: ≈ 0, slightly negative
+    assert abs(m["eval/fd_clip"]) < 1e-3
+    assert m["eval/diversity_random_features"] > 0 and m["eval/diversity_clip"] > 0
+    # the diversity objective here: no oracle, no trained LPIPS trunk: the CLIP-space distance
+    assert m["eval/diversity"] == m["eval/diversity_clip"]
     for name in ("eval/aesthetic", "eval/clip", "eval/train_objective"):  # clip although λ = 0
         assert name in m
     trainer.fit()
     after = trainer.evaluate().metrics
-    assert after["eval/fid"] > 1e-3 and after["eval/cmmd"] > m["eval/cmmd"]
+    assert after["eval/fd_random_features"] > 1e-3 and after["eval/cmmd"] > m["eval/cmmd"]
     # a = 0 is the base model again: the reference distance returns to zero
-    assert abs(trainer.evaluate(alpha=0.0).metrics["eval/fid"]) < 1e-4
+    assert abs(trainer.evaluate(alpha=0.0).metrics["eval/fd_random_features"]) < 1e-4
 
 
 def test_per_prompt_table_carries_categories_and_lands_in_the_checkpoint(make_trainer):
@@ -43,7 +49,8 @@ def test_per_prompt_table_carries_categories_and_lands_in_the_checkpoint(make_tr
     rows = table["prompts"]
     assert [r["prompt"] for r in rows] == [p.text for p in trainer.split.heldout]
     assert all(r["category"] for r in rows)
-    assert {"aesthetic", "clip", "train_objective", "diversity_lpips", "diversity_clip"} <= set(
+    assert {"aesthetic", "clip", "train_objective", "diversity_random_features",
+            "diversity_clip", "diversity"} <= set(
         rows[0])
     assert "quality" not in rows[0]  # no eval.quality_weights: no fixed-weight quality score
     inside = run_dir / "checkpoints" / "step_0000001"
@@ -58,7 +65,7 @@ def test_reference_folder(make_trainer, tmp_path):
         save_image(torch.rand(3, 40, 40), folder / f"{i}.png")
     trainer = make_trainer(*EVAL, f"eval.reference_dir={folder}")
     m = trainer.evaluate().metrics
-    assert m["eval/num_reference"] == 5 and m["eval/fid"] > 0
+    assert m["eval/num_reference"] == 5 and m["eval/fd_random_features"] > 0
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -112,8 +119,8 @@ def test_every_per_image_score_and_diversity_has_its_interval_and_per_seed_value
     trainer = make_trainer(*EVAL, "eval.quality_weights={aesthetic: 1}", objective=None)
     result = trainer.evaluate()
     m = result.metrics
-    for name in ("aesthetic", "clip", "quality", "train_objective", "diversity_lpips",
-                 "diversity_clip"):
+    for name in ("aesthetic", "clip", "quality", "train_objective",
+                 "diversity_random_features", "diversity_clip", "diversity"):
         assert m[f"eval/{name}_ci_low"] <= m[f"eval/{name}"] <= m[f"eval/{name}_ci_high"], name
         assert m[f"eval/{name}_ci_low"] < m[f"eval/{name}_ci_high"], name  # 3 prompts differ
     assert (m["eval/num_prompts"], m["eval/num_seeds"]) == (3.0, 2.0)
@@ -123,3 +130,19 @@ def test_every_per_image_score_and_diversity_has_its_interval_and_per_seed_value
     assert m["eval/alignment"] == m["eval/clip"] and per_seed["alignment"] == per_seed["clip"]
     assert [len(row) for row in per_seed["quality"]] == [2, 2, 2]
     assert sum(map(sum, per_seed["quality"])) / 6 == pytest.approx(m["eval/quality"], rel=1e-5)
+
+
+def test_metrics_are_named_for_the_networks_they_use(make_trainer):
+    """FID, KID and LPIPS by name only with their trained networks; the diversity objective's
+    source follows eval.diversity_metric (no network is built to name them)."""
+    trained = make_trainer("eval.features=inception", "eval.lpips_trunk=pretrained").evaluator
+    assert trained.distance_names() == {"fid": "fid", "kid": "kid", "kid_std": "kid_std"}
+    assert trained.lpips_name == "diversity_lpips"
+    assert trained.diversity_source() == "diversity_lpips"  # auto, no oracle: trained LPIPS
+    offline = make_trainer().evaluator
+    assert offline.distance_names()["fid"] == "fd_random_features"
+    assert offline.lpips_name == "diversity_random_features"
+    assert offline.diversity_source() == "diversity_clip"  # auto: never a random trunk's
+    chosen = make_trainer("eval.diversity_metric=lpips").evaluator
+    assert chosen.diversity_source() == "diversity_random_features"
+    assert trained._lpips is None and trained._image_features is None  # nothing built

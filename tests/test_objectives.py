@@ -17,11 +17,11 @@ from textcraftor.rewards import REWARD_SCALES, loss_scales
 
 
 def test_each_objective_reads_its_evaluation_metric():
-    metrics = {"eval/quality": 61.5, "eval/diversity_lpips": 0.08, "eval/alignment": 0.75,
-               "eval/train_objective": 140.0}
+    metrics = {"eval/quality": 61.5, "eval/diversity": 0.08, "eval/alignment": 0.75,
+               "eval/diversity_lpips": 0.5, "eval/train_objective": 140.0}
     assert study_objectives(metrics) == {"quality": 61.5, "diversity": 0.08, "alignment": 0.75}
     assert set(OBJECTIVES) == set(OBJECTIVE_METRICS) == set(DIRECTIONS) == set(PER_PROMPT_COLUMNS)
-    assert PER_PROMPT_COLUMNS == {"quality": "quality", "diversity": "diversity_lpips",
+    assert PER_PROMPT_COLUMNS == {"quality": "quality", "diversity": "diversity",
                                   "alignment": "alignment"}
 
 

@@ -15,7 +15,7 @@ def table(quality, diversity, prompts=None, seeds=(0, 1), step=60):
     prompts = prompts or [f"prompt {i}" for i in range(len(quality))]
     return {"step": step, "seeds": list(seeds),
             "prompts": [{"prompt": p, "category": None, "quality": float(np.mean(q)),
-                         "diversity_lpips": d} for p, q, d in zip(prompts, quality, diversity)],
+                         "diversity": d} for p, q, d in zip(prompts, quality, diversity)],
             "per_seed": {"quality": [list(map(float, q)) for q in quality]}}
 
 

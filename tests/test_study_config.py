@@ -335,5 +335,9 @@ def test_alignment_as_the_oracle_needs_an_oracle_named_before_any_trial():
         load_study_config(None, ["objectives.alignment=exact"])
     with pytest.raises(ConfigError, match=r"objectives.names: 'beauty' is not one of"):
         load_study_config(None, ["objectives.names=[quality, beauty]"])
+    with pytest.raises(ConfigError, match=r"objectives.diversity: attributes \(read by "
+                                          r"ShapesWorld's oracle\) needs the oracle"):
+        load_study_config(None, ["base.model.source=tiny", "base.data.prompts=null",
+                                 "objectives.diversity=attributes"])
     clip = load_study_config(None, ["objectives.alignment=clip"])
     assert study_run_config(clip).alignment_source() == "clip"

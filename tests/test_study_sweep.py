@@ -58,8 +58,10 @@ def test_completed_trials_are_tracked_everywhere(tiny_sweep):
             p: str(v) for p, v in trial["params"].items()}
         assert "train/k_drawn" in run.data.metrics  # the K drawn: a name no parameter takes
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][-1] == 4
-        assert {"quality", "diversity", "eval/quality", "eval/diversity_lpips"} <= set(
-            run.data.metrics)
+        # the tiny preset: no oracle, random LPIPS trunk: diversity is the CLIP-space distance
+        assert {"quality", "diversity", "eval/quality", "eval/diversity",
+                "eval/diversity_clip", "eval/diversity_random_features"} <= set(run.data.metrics)
+        assert run.data.metrics["eval/diversity"] == run.data.metrics["eval/diversity_clip"]
         images = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
         assert "samples/step_0000004.png" in images
 

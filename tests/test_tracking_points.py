@@ -113,7 +113,8 @@ def test_restarted_worker_group_leaves_one_point_per_step_equal_to_the_run_folde
     # the reporter's timing (study.overhead's parts) at each report's step; its start time
     # (an epoch timestamp) is no metric
     assert {k for k, _ in in_mlflow} - {k for k, _ in in_record} == {
-        "quality", "quality_ci_low", "quality_ci_high", "train_time_s", "startup_s", "peak_memory_mb", "resumed_from_step",
+        "quality", "quality_ci_low", "quality_ci_high", "alignment", "alignment_ci_low",
+        "alignment_ci_high", "train_time_s", "startup_s", "peak_memory_mb", "resumed_from_step",
         "eval_s", "checkpoint_s", "report_s", "worker_wall_s"}
     run = callback.tracker.client.get_run(callback.tracker.run_id("t1"))
     assert run.info.status == "FINISHED"

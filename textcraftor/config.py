@@ -195,6 +195,7 @@ LPIPS_TRUNKS = ("auto", "pretrained", "random")
 IMAGE_FEATURES = ("auto", "inception", "random")
 ORACLE = ("auto", "on", "off")
 ALIGNMENT = ("auto", "oracle", "clip")  # eval.alignment: where eval/alignment comes from
+DIVERSITY = ("auto", "attributes", "lpips", "clip")  # eval.diversity_metric: eval/diversity's
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,15 @@ class EvalConfig:
     #   empty: no quality score, only the run's own training objective (eval/train_objective)
     alignment: str = "auto"  # eval/alignment, per image: oracle (ShapesWorld's all-attribute
     #                          accuracy, 0/1) | clip (the CLIP score) | auto: oracle when on
+    diversity_metric: str = "auto"  # eval/diversity, per prompt: attributes (the oracle's free
+    #   attributes' entropy across seeds) | lpips (LPIPS-form distance, in eval.lpips_trunk) |
+    #   clip (distance of CLIP image embeddings) | auto: attributes with the oracle, else lpips
+    #   with the trained trunk, else clip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quality_weights", _frozen_mapping(self.quality_weights))
         require_choice(self.alignment, "eval.alignment", ALIGNMENT)
+        require_choice(self.diversity_metric, "eval.diversity_metric", DIVERSITY)
         require_finite("eval", self)
         for name, weight in self.quality_weights.items():
             require_choice(name, "eval.quality_weights", QUALITY_REWARDS)
@@ -288,6 +294,9 @@ class RunConfig:
                 f"oracle needs ShapesWorld's oracle (eval.oracle on, or auto with model.source "
                 f"shapes; got eval.oracle={self.eval.oracle}, model.source="
                 f"{self.model.source}): use clip (the CLIP score) or auto")
+        require(self.eval.diversity_metric != "attributes" or self.oracle_on(),
+                "eval.diversity_metric", f"attributes needs ShapesWorld's oracle (got "
+                f"eval.oracle={self.eval.oracle}, model.source={self.model.source})")
         images = self.data.heldout_count * len(self.data.eval_seeds)
         require(not self.eval.distribution or self.eval.reference_dir or images >= 2,
                 "data.heldout_count", f"eval.distribution (KID/FID) needs at least 2 evaluation "

@@ -1,6 +1,13 @@
-"""Held-out evaluation: every reward per image, intra-prompt diversity in two views (LPIPS, CLIP
-embeddings), and KID/FID of the images against a reference set (by default the base model's
-images for the same prompts and seeds). Runs on one process (rank 0)."""
+"""Held-out evaluation: every reward per image, intra-prompt diversity in several views (LPIPS,
+CLIP embeddings, and on ShapesWorld the oracle's attributes), and Fréchet/kernel distances of
+the images to a reference set (by default the base model's images for the same prompts and
+seeds). Runs on one process (rank 0).
+
+A metric is named for what it computes: ``diversity_lpips``, ``fid`` and ``kid`` only with the
+trained networks (LPIPS's AlexNet, Inception); offline, with randomly initialised ones, they
+are ``diversity_random_features``, ``fd_random_features`` and ``kd_random_features``.
+``eval/diversity`` (the study's diversity objective) is one of the diversities, chosen by
+``eval.diversity_metric``."""
 
 from __future__ import annotations
 
@@ -64,7 +71,7 @@ def interval_metrics(per_seed: dict[str, list[list[float | None]]],
     metrics = {}
     found = {**{k: nested_interval(v) for k, v in per_seed.items()},
              **{k: nested_interval(v) for k, v in per_prompt.items() if k not in per_seed
-                and k.startswith("diversity_")}}
+                and k.split("_")[0] == "diversity"}}
     for name, interval in found.items():
         metrics[f"eval/{name}_ci_low"] = interval.low
         metrics[f"eval/{name}_ci_high"] = interval.high
@@ -168,22 +175,53 @@ class Evaluator:
         return held["clip"] if "clip" in held else self.scoring_rewards["clip"]
 
     @property
+    def lpips_pretrained(self) -> bool:
+        """LPIPS with its pretrained AlexNet trunk (else a randomly initialised one, offline)."""
+        trunk = self.config.eval.lpips_trunk
+        return trunk == "pretrained" or (trunk == "auto" and not self._offline_defaults())
+
+    @property
+    def features_pretrained(self) -> bool:
+        """Inception features for the Fréchet and kernel distances (else a random network)."""
+        kind = self.config.eval.features
+        return kind == "inception" or (kind == "auto" and not self._offline_defaults())
+
+    @property
+    def lpips_name(self) -> str:
+        """The LPIPS-form diversity's name: ``diversity_lpips`` only with the trained trunk."""
+        return "diversity_lpips" if self.lpips_pretrained else "diversity_random_features"
+
+    def distance_names(self) -> dict[str, str]:
+        """The names of the Fréchet and kernel distances: FID and KID with Inception features,
+        ``fd_random_features``/``kd_random_features`` with a random network's."""
+        if self.features_pretrained:
+            return {"fid": "fid", "kid": "kid", "kid_std": "kid_std"}
+        return {"fid": "fd_random_features", "kid": "kd_random_features",
+                "kid_std": "kd_random_features_std"}
+
+    def diversity_source(self) -> str:
+        """The per-prompt diversity the ``diversity`` objective is (``eval.diversity_metric``;
+        auto: the oracle's attributes where there is one, else LPIPS with its trained trunk,
+        else the distance in the run's CLIP image-embedding space)."""
+        choice = self.config.eval.diversity_metric
+        if choice == "auto":
+            choice = ("attributes" if self.oracle
+                      else "lpips" if self.lpips_pretrained else "clip")
+        return {"attributes": "diversity_attributes", "clip": "diversity_clip",
+                "lpips": self.lpips_name}[choice]
+
+    @property
     def lpips(self) -> LPIPSDistance:
         if self._lpips is None:
-            trunk = self.config.eval.lpips_trunk
-            if trunk == "auto":
-                trunk = "random" if self._offline_defaults() else "pretrained"
-            self._lpips = LPIPSDistance(trunk == "pretrained").to(self.device)
+            self._lpips = LPIPSDistance(self.lpips_pretrained).to(self.device)
         return self._lpips
 
     @property
     def image_features(self) -> torch.nn.Module:
         """Inception pool features for KID/FID (or a small random network, offline)."""
         if self._image_features is None:
-            kind = self.config.eval.features
-            if kind == "auto":
-                kind = "random" if self._offline_defaults() else "inception"
-            module = random_image_features() if kind == "random" else inception_image_features()
+            module = (inception_image_features() if self.features_pretrained
+                      else random_image_features())
             self._image_features = module.to(self.device)
         return self._image_features
 
@@ -220,8 +258,8 @@ class Evaluator:
         images_on_device = images.to(self.device)
         if e.diversity:
             lpips = intra_prompt_diversity(images_on_device, s, self.lpips)
-            metrics["eval/diversity_lpips"] = lpips.mean().item()
-            per_prompt["diversity_lpips"] = lpips.tolist()
+            metrics[f"eval/{self.lpips_name}"] = lpips.mean().item()
+            per_prompt[self.lpips_name] = lpips.tolist()
             clip = intra_prompt_diversity(images_on_device, s,
                                           embedding_distance(self.clip_features))
             metrics["eval/diversity_clip"] = clip.mean().item()
@@ -232,13 +270,18 @@ class Evaluator:
         if source in per_seed:
             per_seed["alignment"], per_prompt["alignment"] = per_seed[source], per_prompt[source]
             metrics["eval/alignment"] = metrics.get(f"eval/{source}", float("nan"))
+        source = self.diversity_source()  # eval/diversity: a per-prompt diversity renamed
+        if source in per_prompt:
+            per_prompt["diversity"] = per_prompt[source]
+            metrics["eval/diversity"] = metrics.get(f"eval/{source}", float("nan"))
         metrics.update(interval_metrics(per_seed, per_prompt))
         if e.distribution and reference is not None:
             reference = reference.to(self.device)
             found = distribution_distances(images_on_device, reference, self.image_features,
                                            kid_subset_size=e.kid_subset_size)
-            metrics.update({"eval/fid": found["fid"], "eval/kid": found["kid"],
-                            "eval/kid_std": found["kid_std"],
+            names = self.distance_names()  # FID/KID only with Inception's trained features
+            metrics.update({f"eval/{names[k]}": found[k] for k in ("fid", "kid", "kid_std")})
+            metrics.update({
                             "eval/cmmd": cmmd(images_on_device, reference, self.clip_features),
                             # the Fréchet distance on the run's own CLIP image embeddings (the
                             # world's CLIP on ShapesWorld): trained weights, unlike offline FID's
