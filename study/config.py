@@ -171,8 +171,8 @@ class ObjectiveConfig:
     alignment: str = "auto"  # what alignment is: oracle (ShapesWorld's oracle accuracy) | clip
     #                          (CLIP score) | auto: the oracle where there is one (eval.alignment)
     diversity: str = "auto"  # what diversity is: attributes (the oracle's) | lpips | clip | auto:
-    #                          attributes with an oracle, else LPIPS with its trained trunk, else
-    #                          clip (the runs' eval.diversity_metric)
+    #                          LPIPS with its trained trunk, else clip (the distance of the run's
+    #                          CLIP image embeddings; the runs' eval.diversity_metric)
 
     def __post_init__(self) -> None:
         require(len(self.names) >= 1, "objectives.names",

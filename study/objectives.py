@@ -8,10 +8,10 @@ reads the per-prompt tables through ``PER_PROMPT_COLUMNS``. No Ray, no torch: an
   sᵢ (``textcraftor.rewards.loss_scales``), averaged over the held-out prompts and seeds. A run's
   own training objective (its weights and λ·CLIP) is ``eval/train_objective``, never "quality".
 - ``diversity``: ``eval/diversity``, how varied one prompt's images are across the evaluation
-  seeds, averaged over prompts (higher = more varied; mode collapse lowers it): on ShapesWorld
-  the oracle's reading of the attributes the prompt leaves free (``diversity_attributes``),
-  elsewhere the mean pairwise LPIPS distance with its trained trunk, else the distance of the
-  run's CLIP image embeddings (``objectives.diversity``, the run's ``eval.diversity_metric``).
+  seeds, averaged over prompts (higher = more varied; mode collapse lowers it): the mean
+  pairwise LPIPS distance with its trained trunk, else the distance of the run's CLIP image
+  embeddings (the world's CLIP on ShapesWorld), or the oracle's reading of the attributes a
+  prompt leaves free (``objectives.diversity``, the run's ``eval.diversity_metric``).
 - ``alignment``: ``eval/alignment``, per image how well it shows its prompt, averaged: on
   ShapesWorld the oracle's all-attribute accuracy (1 when every attribute the prompt names is
   read back from the pixels), elsewhere the CLIP score (``objectives.alignment``, the run's

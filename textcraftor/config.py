@@ -218,8 +218,8 @@ class EvalConfig:
     #                          accuracy, 0/1) | clip (the CLIP score) | auto: oracle when on
     diversity_metric: str = "auto"  # eval/diversity, per prompt: attributes (the oracle's free
     #   attributes' entropy across seeds) | lpips (LPIPS-form distance, in eval.lpips_trunk) |
-    #   clip (distance of CLIP image embeddings) | auto: attributes with the oracle, else lpips
-    #   with the trained trunk, else clip
+    #   clip (distance of CLIP image embeddings) | auto: lpips with the trained trunk, else
+    #   clip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quality_weights", _frozen_mapping(self.quality_weights))

@@ -201,12 +201,13 @@ class Evaluator:
 
     def diversity_source(self) -> str:
         """The per-prompt diversity the ``diversity`` objective is (``eval.diversity_metric``;
-        auto: the oracle's attributes where there is one, else LPIPS with its trained trunk,
-        else the distance in the run's CLIP image-embedding space)."""
+        auto: LPIPS with its trained trunk, else the distance in the run's CLIP image-embedding
+        space — never a random trunk's. Not the oracle's attributes: when reward hacking wipes
+        out the named shapes, what it reads of their free attributes varies more, not less;
+        DESIGN.md)."""
         choice = self.config.eval.diversity_metric
         if choice == "auto":
-            choice = ("attributes" if self.oracle
-                      else "lpips" if self.lpips_pretrained else "clip")
+            choice = "lpips" if self.lpips_pretrained else "clip"
         return {"attributes": "diversity_attributes", "clip": "diversity_clip",
                 "lpips": self.lpips_name}[choice]
 
