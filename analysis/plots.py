@@ -266,3 +266,55 @@ def time_breakdown(summary: dict) -> Figure:
     axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
     return figure
+
+
+def pairwise_fronts(runs: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+    """One panel per pair of objectives: every finished trial with its 95 % intervals, the
+    trials on the Pareto front over all the objectives in red, the baseline as a star."""
+    pairs = [(a, b) for i, a in enumerate(objectives) for b in objectives[i + 1:]]
+    figure, grid = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
+    trials = _finite(runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")],
+                     list(objectives))
+    base = _finite(runs[runs["kind"] == "baseline"], list(objectives))
+    for axes, (x, y) in zip(grid[0], pairs):
+        _draw_intervals(axes, trials, x, y, "tab:gray")
+        front = trials[trials["pareto"]]
+        axes.scatter(trials[~trials["pareto"]][x], trials[~trials["pareto"]][y], c="tab:gray",
+                     label="trial")
+        axes.scatter(front[x], front[y], c="tab:red", label="Pareto (all objectives)")
+        if not base.empty:
+            _draw_intervals(axes, base, x, y, "goldenrod")
+            axes.scatter(base[x], base[y], marker="*", s=200, c="gold", edgecolors="black",
+                         label="baseline", zorder=5)
+        axes.set(xlabel=x, ylabel=y)
+        axes.grid(alpha=0.3)
+    grid[0][0].legend(fontsize=7)
+    figure.suptitle("each pair of objectives (bars: 95 % bootstrap intervals)")
+    figure.tight_layout()
+    return figure
+
+
+def parallel_objectives(runs: pd.DataFrame, objectives: Sequence[str],
+                        params: Sequence[str]) -> Figure:
+    """Parallel coordinates (``pandas.plotting.parallel_coordinates``) of the hyperparameters
+    and objectives of every finished trial and the baseline, each axis scaled to [0, 1] over
+    the runs shown (min → 0, max → 1); Pareto trials in red."""
+    from pandas.plotting import parallel_coordinates
+
+    columns = [*params, *objectives]
+    shown = runs[(runs["kind"] == "baseline")
+                 | ((runs["kind"] == "trial") & (runs["status"] == "FINISHED"))]
+    shown = _finite(shown, list(objectives))
+    frame = shown[[c for c in columns if c in shown]].apply(pd.to_numeric, errors="coerce")
+    span = (frame.max() - frame.min()).replace(0, 1.0)
+    scaled = (frame - frame.min()) / span
+    scaled["run"] = np.where(shown["kind"] == "baseline", "baseline",
+                             np.where(shown["pareto"].astype(bool), "Pareto", "trial"))
+    figure, axes = plt.subplots(figsize=(1.6 * len(columns) + 2, 4))
+    if len(scaled):
+        parallel_coordinates(scaled, "run", ax=axes, color=None, alpha=0.8,
+                             colormap=None, linewidth=1.5)
+    axes.set(ylabel="scaled to [0, 1] over the runs shown",
+             title="hyperparameters and objectives, each run one line")
+    figure.tight_layout()
+    return figure

@@ -80,8 +80,14 @@ def build_report(study: StudyRuns, out: Path) -> Path:
         figure("quality_vs_diversity", plots.quality_vs_diversity(runs),
                "Quality against diversity: the Pareto front in red, the untuned baseline as a "
                "star.")
+    if len(objectives) > 2:
+        figure("pairwise_fronts", plots.pairwise_fronts(runs, objectives),
+               "Each pair of the study's objectives: the Pareto front over all of them in red, "
+               "the baseline as a star, 95 % bootstrap intervals as bars.")
     params = study.hyperparameters(varying=True)
     if objectives and params:
+        figure("parallel_objectives", plots.parallel_objectives(runs, objectives, params),
+               "Every finished trial and the baseline across hyperparameters and objectives.")
         figure("objectives_vs_params", plots.objectives_vs_params(runs, objectives, params),
                "Each objective against each hyperparameter; the dashed line is the baseline.")
     if not steps.empty:
@@ -91,6 +97,16 @@ def build_report(study: StudyRuns, out: Path) -> Path:
         figure("cost_vs_k", plots.cost_vs_k(runs, steps),
                "Cost of truncated back-propagation: median step time and peak memory against K.")
     summary = sweep_summary(study)
+    versus = _versus_view(summary)
+    if not versus.empty:
+        sections.append("<h2>Against the baseline (paired)</h2><p>Each trial's last evaluation "
+                        "minus the baseline's, on the same prompts and seeds: difference "
+                        "[95 % bootstrap interval] and verdict.</p>" + _table(versus))
+    groups = _repeat_view(summary)
+    if not groups.empty:
+        sections.append(f"<h2>Repeats</h2><p>Each configuration trained with "
+                        f"{summary.get('repeats')} training seeds: mean ± sample standard "
+                        f"deviation (N) of each objective.</p>" + _table(groups))
     if summary and (summary.get("overhead") or {}).get("parts"):
         figure("time_breakdown", plots.time_breakdown(summary),
                "Where the sweep's wall-clock time went: the sweep's parts, and each timed "
@@ -134,6 +150,32 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
 def _with_intervals(names) -> list[str]:
     """Each objective followed by its 95 % interval ends (``<name>_ci_low``, ``_ci_high``)."""
     return [column for name in names for column in (name, *interval_names(name))]
+
+
+def _versus_view(summary: dict | None) -> pd.DataFrame:
+    """summary.json's paired comparisons: one row per trial, one column per objective."""
+    rows = []
+    for trial in (summary or {}).get("trials", []):
+        versus = trial.get("vs_baseline") or {}
+        if versus:
+            rows.append({"trial_id": trial["trial_id"], **{
+                name: (f"{v['difference']:+.4g} [{v['ci_low']:+.4g}, {v['ci_high']:+.4g}] "
+                       f"{v['verdict']}" if "difference" in v else v.get("verdict"))
+                for name, v in versus.items()}})
+    return pd.DataFrame(rows)
+
+
+def _repeat_view(summary: dict | None) -> pd.DataFrame:
+    """summary.json's repeat groups: one row per configuration."""
+    rows = []
+    for group in (summary or {}).get("repeat_groups", []):
+        row = {"repeat_of": group["repeat_of"], "pareto": group["pareto"], **group["params"]}
+        for name, stats in group["objectives"].items():
+            spread = f" ± {stats['std']:.3g}" if stats["std"] is not None else ""
+            row[name] = (f"{stats['mean']:.4g}{spread} ({stats['n']})"
+                         if stats["mean"] is not None else f"- ({stats['n']})")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _status_view(runs: pd.DataFrame) -> pd.DataFrame:

@@ -214,11 +214,15 @@ def test_report_opens_in_chromium_with_every_image(store, dial, run_module, tmp_
     page = (out / "report.html").read_text()
     for figure in ("quality_vs_diversity", "objectives_vs_params", "training_curves",
                    "cost_vs_k", "samples", "by_category", f"interpolation_{dial['trial_id']}",
-                   "time_breakdown"):
+                   "time_breakdown", "pairwise_fronts", "parallel_objectives"):
         assert (out / "figures" / f"{figure}.png").is_file(), figure
         assert (out / "figures" / f"{figure}.svg").is_file(), figure
         assert f"figures/{figure}.png" in page
     assert "FAILED" in page and "Pareto front" in page and "By category" in page
+    # every finished trial against the baseline, paired, with its interval and verdict
+    assert "Against the baseline (paired)" in page
+    assert page.count("indistinguishable") + page.count("better") + page.count("worse") >= 6
+    assert "<th>quality_ci_low</th>" in page  # the tables carry each objective's interval
     for name in E2E_PARAMS:  # the Pareto table's columns: the searched paths, as in the YAML
         assert f"<th>{name}</th>" in page, name
     check = chromium_image_check(out / "report.html")
