@@ -145,11 +145,19 @@ def training_curves(steps: pd.DataFrame, runs: pd.DataFrame,
                 evaluated = own.loc[own["key"] == OBJECTIVE_METRICS[key], "step"]
                 series = series[series["step"].isin(evaluated)]
             series = series.drop_duplicates("step", keep="last").sort_values("step")
-            axes.plot(series["step"], series["value"], marker="." if len(series) < 10 else None,
-                      label=str(run["trial_id"]))
+            line, = axes.plot(series["step"], series["value"],
+                              marker="." if len(series) < 10 else None, label=str(run["trial_id"]))
+            band = _step_interval(own, key, series["step"])
+            if band is not None:  # the objective's 95 % interval at each evaluation
+                axes.fill_between(band.index, band["low"], band["high"], alpha=0.15,
+                                  color=line.get_color())
         base = steps[(steps["kind"] == "baseline") & (steps["key"] == key)]
         if not base.empty:
             axes.axhline(base["value"].iloc[-1], ls="--", c="gold", label="baseline")
+            band = _step_interval(steps[steps["kind"] == "baseline"], key, base["step"])
+            if band is not None:
+                axes.axhspan(band["low"].iloc[-1], band["high"].iloc[-1], color="gold",
+                             alpha=0.15)
         axes.set(xlabel="step", ylabel=key, title=key)
         axes.grid(alpha=0.3)
     grid[0][0].legend(fontsize=7)
@@ -158,14 +166,37 @@ def training_curves(steps: pd.DataFrame, runs: pd.DataFrame,
     return figure
 
 
+def _step_interval(steps: pd.DataFrame, key: str, at: pd.Series) -> pd.DataFrame | None:
+    """A run's ``<key>_ci_low``/``_ci_high`` step metrics at the steps ``at`` (index: step;
+    columns low, high), or None when it logged none."""
+    low, high = interval_names(key)
+    ends = steps[steps["key"].isin((low, high))]
+    if ends.empty:
+        return None
+    wide = ends.pivot_table(index="step", columns="key", values="value", aggfunc="last")
+    wide = wide.reindex([s for s in at if s in wide.index]).dropna()
+    if wide.empty or not {low, high} <= set(wide.columns):
+        return None
+    return wide.rename(columns={low: "low", high: "high"})[["low", "high"]]
+
+
 def interpolation_curve(table: pd.DataFrame, trial_id: str) -> Figure:
-    """Quality and diversity against the interpolation weight a (0 = base, 1 = fine-tuned)."""
+    """Quality and diversity against the interpolation weight a (0 = base, 1 = fine-tuned),
+    with their 95 % intervals where the dial measured them."""
     figure, left = plt.subplots(figsize=(6, 4))
     left.plot(table["alpha"], table["quality"], "o-", c="tab:red", label="quality")
+    bars = error_bars(table, "quality")
+    if bars is not None:
+        left.errorbar(table["alpha"], table["quality"], yerr=bars, fmt="none", ecolor="tab:red",
+                      capsize=2, elinewidth=0.8)
     left.set(xlabel="a (0 = original encoder, 1 = fine-tuned)", ylabel="quality")
     right = left.twinx()
     if table["diversity"].notna().any():
         right.plot(table["alpha"], table["diversity"], "s--", c="tab:blue", label="diversity")
+        bars = error_bars(table, "diversity")
+        if bars is not None:
+            right.errorbar(table["alpha"], table["diversity"], yerr=bars, fmt="none",
+                           ecolor="tab:blue", capsize=2, elinewidth=0.8)
     right.set_ylabel("diversity (across seeds, per prompt)")
     left.set_title(f"interpolation dial, trial {trial_id}")
     figure.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), fontsize=8)
@@ -213,7 +244,8 @@ def cost_vs_k(runs: pd.DataFrame, steps: pd.DataFrame) -> Figure:
 
 def category_breakdown(table: pd.DataFrame, metrics: Sequence[str] = OBJECTIVE_KEYS) -> Figure:
     """Per prompt category: each study objective for the baseline and each trial (grouped
-    bars); ``table`` is ``analysis.runs.by_category``'s."""
+    bars, with their 95 % intervals over the category's prompts); ``table`` is
+    ``analysis.runs.by_category``'s."""
     present = [m for m in metrics if m in table.columns]
     categories = sorted(table["category"].unique())
     runs = list(dict.fromkeys(table["trial_id"]))
@@ -222,10 +254,10 @@ def category_breakdown(table: pd.DataFrame, metrics: Sequence[str] = OBJECTIVE_K
     width = 0.8 / max(1, len(runs))
     for axes, metric in zip(grid[:, 0], present):
         for i, run in enumerate(runs):
-            values = table[table["trial_id"] == run].set_index("category")[metric]
-            heights = [values.get(c, math.nan) for c in categories]
-            axes.bar([c + i * width for c in range(len(categories))], heights, width,
-                     label=str(run))
+            own = table[table["trial_id"] == run].set_index("category").reindex(categories)
+            bars = error_bars(own.reset_index(), metric)  # 95 % interval over the prompts
+            axes.bar([c + i * width for c in range(len(categories))], own[metric], width,
+                     yerr=bars, capsize=2, error_kw={"elinewidth": 0.8}, label=str(run))
         axes.set_xticks([c + 0.4 - width / 2 for c in range(len(categories))])
         axes.set_xticklabels(categories, rotation=30, ha="right", fontsize=8)
         axes.set_ylabel(metric)

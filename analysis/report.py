@@ -131,8 +131,8 @@ def build_report(study: StudyRuns, out: Path) -> Path:
                f"Interpolating the original and fine-tuned encoders of trial {trial} "
                f"(images per point: {_n_images(table)}).")
         sections.append(f"<h2>Interpolation: trial {html.escape(trial)}</h2>" + _table(
-            table[[c for c in ("alpha", *OBJECTIVES, "num_prompts", "num_seeds")
-                   if c in table]]))
+            table[[c for c in ("alpha", *_with_intervals(OBJECTIVES), "num_prompts",
+                               "num_seeds") if c in table]]))
     title = f"TextCraftor study: {study.experiment}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from study.objectives import OBJECTIVES, PER_PROMPT_COLUMNS
 from study.summary import pareto_flags
 from study.tags import INTERPOLATION_ARTIFACT, KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
+from textcraftor.bootstrap import nested_interval
 
 RUN_KINDS = ("baseline", "trial")
 # Hyperparameters are named by their run-config paths (the study's search keys), as logged
@@ -241,8 +242,9 @@ def prompt_table(study: StudyRuns, run_ids: Sequence[str] | None = None) -> pd.D
 
 def by_category(prompts: pd.DataFrame) -> pd.DataFrame:
     """Per run and prompt category (uncategorised prompts: "(none)"): each study objective's mean
-    over the category's prompts, under the objective's name (quality, diversity), and
-    ``num_prompts`` (N). Quality is the study's (fixed weights), so a run's category means
+    over the category's prompts, under the objective's name (quality, diversity), its 95 %
+    bootstrap interval over those prompts (``<name>_ci_low``/``_high``, textcraftor.bootstrap),
+    and ``num_prompts`` (N). Quality is the study's (fixed weights), so a run's category means
     weighted by num_prompts give its quality objective."""
     if prompts.empty:
         raise AnalysisError("no per-prompt evaluation tables in these runs")
@@ -251,5 +253,9 @@ def by_category(prompts: pd.DataFrame) -> pd.DataFrame:
     frame = prompts.assign(category=prompts["category"].fillna("(none)")).rename(columns=renamed)
     groups = frame.groupby(["kind", "trial_id", "category"])
     table = groups[list(renamed.values())].mean()
+    for name in renamed.values():  # each mean's 95 % bootstrap interval over the prompts
+        ends = groups[name].apply(lambda v: nested_interval(v.to_numpy(dtype=float)))
+        table[f"{name}_ci_low"] = [i.low for i in ends]
+        table[f"{name}_ci_high"] = [i.high for i in ends]
     table["num_prompts"] = groups.size()
     return table.reset_index().sort_values(["category", "kind", "trial_id"], ignore_index=True)

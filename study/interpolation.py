@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from study.config import DEFAULT_TRACKING_URI
-from study.objectives import OBJECTIVES, study_objectives
+from study.objectives import OBJECTIVES, study_intervals, study_objectives
 from study.summary import pareto_flags
 from study.tags import INTERPOLATION_ARTIFACT as ARTIFACT
 from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
@@ -125,7 +125,8 @@ def evaluate_interpolation(run_config: Mapping[str, Any], checkpoint: Path,
         for alpha in alphas:
             with torch.no_grad():
                 metrics = trainer.evaluate(alpha=float(alpha)).metrics
-            rows.append({"alpha": float(alpha), **study_objectives(metrics), **metrics})
+            rows.append({"alpha": float(alpha), **study_objectives(metrics),
+                         **study_intervals(metrics), **metrics})
         seeds = len(config.data.eval_seeds)
         prompts = len(trainer.split.heldout)
     return [{**row, "num_prompts": prompts, "num_seeds": seeds} for row in rows]

@@ -1,6 +1,6 @@
 """The project's import graph, read from the source (every import, lazy ones too): no module
 imports a module that imports it back, and analysis/ imports no model runtime (no ray, no torch,
-no textcraftor module but the stdlib-only atomic writer)."""
+no textcraftor module but the stdlib-only atomic writer and the numpy-only bootstrap)."""
 
 from __future__ import annotations
 
@@ -82,9 +82,16 @@ def test_analysis_imports_no_model_runtime():
             top = name.split(".")[0]
             assert top not in ("ray", "torch", "diffusers", "transformers", "open_clip"), (
                 module, name)
-            assert top != "textcraftor" or name in ("textcraftor", "textcraftor.atomic",
-                                                    "textcraftor.atomic.write_text_atomic"), (
-                module, name)
+            assert top != "textcraftor" or name in (
+                "textcraftor", "textcraftor.atomic", "textcraftor.atomic.write_text_atomic",
+                "textcraftor.bootstrap", "textcraftor.bootstrap.nested_interval"), (module, name)
             if top == "study":  # study modules analysis may read: plain data, no Ray, no torch
                 assert name.split(".")[1] in ("objectives", "overhead", "summary", "tags"), (
                     module, name)
+
+
+def test_the_bootstrap_analysis_reads_needs_only_numpy():
+    modules = project_modules()
+    tops = {name.split(".")[0] for name in imported_names("textcraftor.bootstrap",
+                                                          modules["textcraftor.bootstrap"])}
+    assert tops <= {"__future__", "math", "warnings", "collections", "dataclasses", "numpy"}, tops
