@@ -10,3 +10,5 @@ KIND_TAG = "textcraftor.kind"  # sweep | baseline | trial
 INTERPOLATION_ARTIFACT = "interpolation/interpolation.json"
 # a trial MO-ASHA stopped early: the rung (training step) it reached
 STOPPED_TAG = "textcraftor.stopped_at_step"
+# tuner.repeats: a trial's repeat index (its training seed is train.seed + this)
+REPEAT_TAG = "textcraftor.repeat"

@@ -32,7 +32,8 @@ from ray.tune import Callback
 
 from study.config import DEFAULT_TRACKING_URI
 from study.objectives import OBJECTIVE_FIELDS
-from study.tags import KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
+from study.space import REPEAT_INDEX
+from study.tags import KIND_TAG, REPEAT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
 from textcraftor.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,10 @@ class MlflowTrialCallback(Callback):
             self._saved = json.loads(pending_file.read_text())
 
     def _run(self, trial) -> str:
-        return self.tracker.child(trial.trial_id, self.params_of(trial.config),
-                                  tags={"run_dir": str(self.run_dir_of(trial.trial_id))})
+        tags = {"run_dir": str(self.run_dir_of(trial.trial_id))}
+        if REPEAT_INDEX in trial.config:  # tuner.repeats: which training seed of its group
+            tags[REPEAT_TAG] = str(trial.config[REPEAT_INDEX])
+        return self.tracker.child(trial.trial_id, self.params_of(trial.config), tags=tags)
 
     def _trial_points(self, trial_id: str, run_id: str) -> TrialPoints:
         if trial_id not in self._points:  # a resumed driver: what the run holds is final

@@ -391,6 +391,8 @@ def test_repeats_train_one_configuration_with_several_seeds_and_optuna_sees_the_
     assert seeds == [seeds[0], seeds[0] + 1]
     # both repeats on the baseline's held-out prompts and seeds: each has its paired verdict
     assert all(v["verdict"] != "unknown" for t in trials for v in t["vs_baseline"].values())
+    _, _, children = child_runs(tmp_path, "rep")
+    assert sorted(r.data.tags["textcraftor.repeat"] for r in children) == ["0", "1"]
     (group,) = summary["repeat_groups"]
     assert sorted(group["trials"]) == sorted(t["trial_id"] for t in trials)
     names = summary["objectives"]
