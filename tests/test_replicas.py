@@ -9,9 +9,7 @@ difference between the ranks' parameters.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 
 import pytest
 import torch
@@ -32,12 +30,6 @@ COMMON = ("train.lr=0.01", "model.unet_lr=0.01", "train.max_grad_norm=0.001", "t
 STEPS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _flat(parameters) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in parameters])
 
@@ -50,11 +42,13 @@ def _max_rank_difference(parameters) -> float:
     return float((gathered[0] - gathered[1]).abs().max())
 
 
-def _rank(rank: int, world: int, port: int, out: str, small: tuple[str, ...]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank(rank: int, world: int, rendezvous: str, out: str, small: tuple[str, ...]) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(1000 + rank)  # each process its own RNG, as separate workers have
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous (torch's FileStore): no TCP port to pick, none for another process on
+    # a busy test machine to take between picking and binding it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=world)
     from textcraftor.config import load_run_config
     from textcraftor.models import load_pipeline
     from textcraftor.objective import build_objective
@@ -111,7 +105,8 @@ def _rank(rank: int, world: int, port: int, out: str, small: tuple[str, ...]) ->
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, tiny_source, small_overrides):
     out = tmp_path_factory.mktemp("replicas")
-    mp.spawn(_rank, args=(2, _free_port(), str(out), small_overrides), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, str(out / "rendezvous"), str(out), small_overrides), nprocs=2,
+             join=True)
     results = json.loads((out / "results.json").read_text())
     print(json.dumps(results, indent=2))
     return results
