@@ -69,9 +69,13 @@ def interval_metrics(per_seed: dict[str, list[list[float | None]]],
     from textcraftor.bootstrap import nested_interval
 
     metrics = {}
-    found = {**{k: nested_interval(v) for k, v in per_seed.items()},
-             **{k: nested_interval(v) for k, v in per_prompt.items() if k not in per_seed
-                and k.split("_")[0] == "diversity"}}
+    found, by_values = {}, {}  # an alias (alignment, diversity) shares its source's values
+    for values, key in [*((v, k) for k, v in per_seed.items()),
+                        *((v, k) for k, v in per_prompt.items()
+                          if k not in per_seed and k.split("_")[0] == "diversity")]:
+        if id(values) not in by_values:
+            by_values[id(values)] = nested_interval(values)
+        found[key] = by_values[id(values)]
     for name, interval in found.items():
         metrics[f"eval/{name}_ci_low"] = interval.low
         metrics[f"eval/{name}_ci_high"] = interval.high

@@ -261,24 +261,26 @@ def alignment(image: Image.Image | np.ndarray, prompt: str) -> Scores:
 
 def image_alignments(images: torch.Tensor, prompts: Sequence[str]) -> list[Scores]:
     """``alignment`` of each float image [N,3,H,W] in [0,1] against its prompt."""
+    return [alignment(array, prompt) for array, prompt in zip(_uint8_pixels(images, prompts),
+                                                              prompts)]
+
+
+def _uint8_pixels(images: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+    """Float images [N,3,H,W] in [0,1], one per prompt, as uint8 [N,H,W,3]; ValueError for
+    another shape."""
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
         raise ValueError(f"expected images [N,3,H,W] for {len(prompts)} prompts, "
                          f"got {tuple(images.shape)}")
     pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-    return [alignment(array, prompt) for array, prompt in zip(pixels, prompts)]
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def image_readings(images: torch.Tensor, prompts: Sequence[str]
                    ) -> list[tuple[Scores, dict[str, str | None]]]:
     """Each float image [N,3,H,W] in [0,1], read once: its ``alignment`` against its prompt and
     its ``free_attributes``."""
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
-        raise ValueError(f"expected images [N,3,H,W] for {len(prompts)} prompts, "
-                         f"got {tuple(images.shape)}")
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     readings = []
-    for array, prompt in zip(pixels.permute(0, 2, 3, 1).cpu().numpy(), prompts):
+    for array, prompt in zip(_uint8_pixels(images, prompts), prompts):
         expected, _ = parse_prompt(prompt)
         if expected is None:
             readings.append((dict.fromkeys(SCORES, None), {}))
