@@ -26,6 +26,7 @@ from textcraftor.configio import (
     set_path,
     to_dict,
 )
+from textcraftor.dial_grid import FINETUNED_STEP_NAMES
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
 # Optuna's own defaults: TPE and GP sample this many trials at random before their model
@@ -191,6 +192,60 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
+class DialConfig:
+    """The inference dials every trial that finishes its training is evaluated at
+    (``textcraftor.dials``): no training, the same held-out prompts and seeds."""
+
+    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # interpolation weights a of
+    #   E(a) = a·E_ft + (1−a)·E_orig, each in [0, 1]; () = no dials
+    finetuned_steps: tuple[int | str, ...] = ("k_train", "half", "all")  # M: the last M of T
+    #   sampling steps use E(a): ints in [1, T], or k_train (the trial's K), half (T // 2), all
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        for index, alpha in enumerate(self.alphas):
+            require(0.0 <= alpha <= 1.0, f"dials.alphas[{index}]",
+                    f"{alpha} lies outside [0, 1] (0 = the original encoder, 1 = the "
+                    "fine-tuned one)")
+        require(not self.alphas or bool(self.finetuned_steps), "dials.finetuned_steps",
+                "empty: give at least one M (e.g. all), or alphas: [] for no dials")
+        for index, value in enumerate(self.finetuned_steps):
+            if isinstance(value, str):
+                require_choice(value, f"dials.finetuned_steps[{index}]", FINETUNED_STEP_NAMES)
+            else:
+                require(not isinstance(value, bool) and int(value) == value and value >= 1,
+                        f"dials.finetuned_steps[{index}]",
+                        f"{value!r} is not an int >= 1 or one of {FINETUNED_STEP_NAMES}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.alphas)
+
+    def check(self, study: StudyConfig) -> None:
+        """Each int M within [1, T] for every T the study can draw (sample.num_steps, searched
+        or not), and k_train only where a trial trains a chain: ConfigError naming the entry."""
+        if not self.enabled:
+            return
+        searched = study.search.get("sample.num_steps")
+        lowest = study.base.sample.num_steps
+        if searched is not None:
+            lowest = int(min(searched.choices) if searched.choices is not None
+                         else searched.low)
+        for index, value in enumerate(self.finetuned_steps):
+            if isinstance(value, str):
+                continue
+            require(value <= lowest, f"dials.finetuned_steps[{index}]",
+                    f"{value} lies outside [1, T] for T = sample.num_steps = {lowest}"
+                    + (" (the lowest the search draws)" if searched is not None else ""))
+        truncations = study.search.get("sample.truncation")
+        only_direct = (study.base.sample.truncation == "direct" if truncations is None
+                       else set(truncations.choices or ()) == {"direct"})
+        require(not ("k_train" in self.finetuned_steps and only_direct),
+                "dials.finetuned_steps", "k_train: truncation direct trains no DDIM chain (no "
+                "K); give ints, half or all")
+
+
+@dataclass(frozen=True)
 class TunerConfig:
     sampler: str = "tpe"  # tpe | gp | nsga2 | random (Optuna's TPE, GP, NSGA-II, random samplers)
     seed: int = 0  # sampler seed
@@ -325,6 +380,7 @@ class FaultInjection:
     crash_once_at_step: int = 0  # rank 0 raises just before it reports this step's checkpoint,
     #   once per sweep (a marker file in the sweep folder), so Ray Train restarts the worker
     #   group from the previous committed checkpoint (0 = never; a checkpoint step)
+    dial_error: bool = False  # the trial's inference dials raise (the trial itself finishes)
 
     def matches(self, params: Mapping[str, Any]) -> bool:
         """Whether a trial with these hyperparameters (by path) gets the fault."""
@@ -341,8 +397,8 @@ class FaultInjection:
             require(self.value is not None, f"{field_name}.value", "needed with param")
         require(self.nan_at_step >= 0 and self.crash_once_at_step >= 0, field_name,
                 "steps must be >= 0")
-        require(self.nan_at_step > 0 or self.crash_once_at_step > 0, field_name,
-                "set nan_at_step or crash_once_at_step (> 0)")
+        require(self.nan_at_step > 0 or self.crash_once_at_step > 0 or self.dial_error,
+                field_name, "set nan_at_step or crash_once_at_step (> 0), or dial_error")
         crash, train = self.crash_once_at_step, study.base.train
         require(not crash or (crash <= train.steps and (crash % train.save_every == 0
                                                         or crash == train.steps)),
@@ -384,6 +440,7 @@ class StudyConfig:
     search: Mapping[str, Distribution] = field(  # run-config path → how the trials vary it
         default_factory=_default_search)
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what is maximised
+    dials: DialConfig = field(default_factory=DialConfig)  # inference dials of finished trials
     tuner: TunerConfig = field(default_factory=TunerConfig)  # Optuna + Tune settings
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per trial
     results_dir: str = "sweeps"  # <results_dir>/<name>/: summary.json, Ray and Optuna state; a
@@ -418,6 +475,7 @@ class StudyConfig:
                 f"needs ShapesWorld's oracle, and base.model.source={self.base.model.source} "
                 f"with base.eval.oracle={self.base.eval.oracle} has none: use clip (the CLIP "
                 f"score) or auto")
+        self.dials.check(self)
         faults = self.fault_injection
         faults = (faults,) if isinstance(faults, FaultInjection) else tuple(faults or ())
         object.__setattr__(self, "fault_injection", faults)

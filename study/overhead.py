@@ -14,6 +14,7 @@ A trial, from Tune starting it to Tune seeing it end, is cut into measured parts
 - ``load_s``: building the run: pipeline, rewards, prompts, optimizer, a checkpoint restored;
 - ``train_s``: inside optimizer steps (``step_s`` summed);
 - ``eval_s``: evaluations (held-out images, rewards, diversity, KID/FID) and their files;
+- ``dial_s``: the inference dials after the last step (``study.dials``; 0 when not measured);
 - ``checkpoint_s``: checkpoints written (weights, optimizer, evaluation files);
 - ``report_s``: inside ``ray.train.report`` (the Train controller round trip, the checkpoint
   upload) and waiting for MO-ASHA's decision;
@@ -38,8 +39,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # the parts of a trial, in the order they happen (the report stacks them in this order)
-TRIAL_PARTS = ("retried_s", "actor_start_s", "worker_start_s", "import_s", "load_s", "train_s", "eval_s",
-               "checkpoint_s", "report_s", "other_in_trial_s", "teardown_s")
+TRIAL_PARTS = ("retried_s", "actor_start_s", "worker_start_s", "import_s", "load_s", "train_s",
+               "eval_s", "dial_s", "checkpoint_s", "report_s", "other_in_trial_s", "teardown_s")
 SWEEP_PARTS = ("setup_s", "baseline_s", "trials_s", "between_trials_s", "wrap_up_s")
 
 
@@ -58,7 +59,8 @@ def trial_time(last_result: Mapping[str, Any], tune_started: float | None,
     last_start = tune_last_started if tune_last_started is not None else tune_started
     parts = {"retried_s": last_start - tune_started, "actor_start_s": began - last_start,
              **{k: float(last_result.get(k, 0.0)) for k in (
-                 "worker_start_s", "import_s", "load_s", "eval_s", "checkpoint_s", "report_s")},
+                 "worker_start_s", "import_s", "load_s", "eval_s", "dial_s", "checkpoint_s",
+                 "report_s")},
              "train_s": float(last_result.get("train_time_s", 0.0))}
     measured_inside = sum(parts[k] for k in parts if k not in ("retried_s", "actor_start_s"))
     parts["other_in_trial_s"] = inside - measured_inside

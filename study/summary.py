@@ -97,7 +97,41 @@ def pareto_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"[95 % bootstrap interval over {counted['num_prompts']} prompts x "
                      f"{counted['num_seeds']} seeds]; against the baseline, paired: + better, "
                      "- worse, = indistinguishable")
+    lines.extend(dial_lines(trials, objectives))
     return "\n".join(lines)
+
+
+def dial_lines(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[str]:
+    """One line per trial with inference dials (``study.dials``): its best setting (a, M), the
+    objectives there, and each one's paired difference to the trial's own point (a = 1, all
+    steps) with its 95 % interval; or why the dials failed."""
+    lines = []
+    for t in sorted(trials, key=lambda t: (not t.get("pareto"), t["trial_id"])):
+        dials = t.get("dials")
+        if not dials:
+            continue
+        if dials.get("error"):
+            lines.append(f"  {t['trial_id']}: dials failed: {dials['error'].splitlines()[-1]}")
+            continue
+        best = dials.get("best")
+        if not best:
+            continue
+        own = best.get("vs_own") or {}
+        moves = ", ".join(
+            f"{o} {_fmt(best['objectives'].get(o))} ({_signed(own[o])})"
+            for o in objectives if o in best["objectives"] and "difference" in own.get(o, {}))
+        lines.append(f"  {t['trial_id']}: a={best['alpha']:g}, M={best['finetuned_steps']}: "
+                     f"{moves}")
+    if lines:
+        lines.insert(0, "best dial setting per trial (highest quality not worse than the "
+                        "untuned model on the rest; in brackets: minus the trial's own a=1, "
+                        "all steps, [95 % interval]):")
+    return lines
+
+
+def _signed(difference: Mapping[str, Any]) -> str:
+    return (f"{difference['difference']:+.3g} [{difference['ci_low']:+.3g}, "
+            f"{difference['ci_high']:+.3g}]")
 
 
 def _cell(value: Any, interval: Sequence | None, verdict: str | None) -> str:

@@ -6,8 +6,11 @@ from __future__ import annotations
 SWEEP_TAG = "textcraftor.sweep"  # the sweep (study name) a run belongs to
 TRIAL_TAG = "textcraftor.trial_id"  # Tune's trial id of a trial's run
 KIND_TAG = "textcraftor.kind"  # sweep | baseline | trial
-# a trial's quality dial, logged by ``python -m study.interpolation``
-INTERPOLATION_ARTIFACT = "interpolation/interpolation.json"
+# a trial's inference dials (study.dials): logged when it finishes its training, or by
+# ``python -m study.interpolation`` for a finished trial
+DIALS_ARTIFACT = "dials/dials.json"
+# why a trial's inference dials could not be measured (the trial itself finished)
+DIALS_ERROR_TAG = "textcraftor.dials_error"
 # a trial MO-ASHA stopped early: the rung (training step) it reached
 STOPPED_TAG = "textcraftor.stopped_at_step"
 # tuner.repeats: a trial's repeat index (its training seed is train.seed + this)

@@ -33,14 +33,22 @@ from ray.tune import Callback
 from study.config import DEFAULT_TRACKING_URI
 from study.objectives import OBJECTIVE_FIELDS
 from study.space import REPEAT_INDEX
-from study.tags import KIND_TAG, REPEAT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
+from study.tags import (
+    DIALS_ARTIFACT,
+    DIALS_ERROR_TAG,
+    KIND_TAG,
+    REPEAT_TAG,
+    STOPPED_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 from textcraftor.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 # Tune's own bookkeeping in every result: not worth a metric in MLflow
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
               "time_since_restore", "iterations_since_restore", "done", "step", "config",
-              "step_history",
+              "step_history", "dials",
               "trial_started_at"}  # an epoch timestamp for study.overhead, not a metric
 
 
@@ -338,10 +346,25 @@ class MlflowTrialCallback(Callback):
         self._save_pending()
         if checkpoint:
             self._log_checkpoint(run_id, checkpoint, step)
+        if result.get("dials"):
+            self._log_dials(run_id, result["dials"])
         nodes = result.get("worker_nodes")
         if nodes and self._worker_nodes.get(trial.trial_id) != nodes:
             self._worker_nodes[trial.trial_id] = nodes
             self.tracker.client.set_tag(run_id, "worker_nodes", nodes)
+
+    def _log_dials(self, run_id: str, dials: Mapping[str, Any]) -> None:
+        """The trial's inference dials: the whole table as ``dials/dials.json`` (one write: the
+        file or nothing), the best setting as metrics, a failure as the tag ``dials_error``."""
+        if dials.get("error"):
+            self.tracker.client.set_tag(run_id, DIALS_ERROR_TAG, dials["error"][-4000:])
+            return
+        self.tracker.client.log_dict(run_id, dict(dials), DIALS_ARTIFACT)
+        best = dials.get("best") or {}
+        if best:
+            self.tracker.client.log_batch(run_id, metrics=[
+                Metric(f"dial/best_{k}", float(best[k]), int(time.time() * 1000),
+                       int(dials.get("step") or 0)) for k in ("alpha", "finetuned_steps")])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         """An in-process trial's checkpoint, persisted by Tune after its result was seen."""

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ class RayTrainReporter:
         self.rungs: tuple[int, ...] = ()
         self.ask: Callable[[int], str] | None = None
         self.stop: Callable[[], None] | None = None
+        # the inference dials (study.dials), measured by rank 0 at the end event before the
+        # last report, which carries them (``dials``); None: not measured
+        self.dial: Callable[[int], dict[str, Any] | None] | None = None
 
     def flush(self, step: int) -> None:
         """Send the buffered step metrics now (the run is stopping at ``step`` on every rank at
@@ -98,7 +102,15 @@ class RayTrainReporter:
             if "startup_s" not in self.timing:
                 self.timing["startup_s"] = (time.time() - self.trial_started_at
                                             - event.metrics["step_s"])
+        own: dict[str, Any] = event.metrics if event.kind == "eval" else {}
         if event.kind == "end":
+            if self.dial is not None and self.rank == 0:
+                dialled = time.time()
+                dials = self.dial(event.step)
+                if dials is not None:
+                    own = {"dials": dials}
+                    self.timing["dial_s"] = time.time() - dialled
+                now = time.time()
             self.timing["peak_memory_mb"] = peak_memory_mb()
             self.timing["worker_wall_s"] = now - self.trial_started_at
         if event.kind == "eval":
@@ -115,8 +127,7 @@ class RayTrainReporter:
         checkpoint = None
         if event.kind == "checkpoint" and event.path and self.rank == 0:
             checkpoint = self.checkpoint_type.from_directory(event.path)
-        self._send(event.kind, event.step, event.metrics if event.kind == "eval" else {},
-                   checkpoint)
+        self._send(event.kind, event.step, own, checkpoint)
         if event.kind == "eval" and event.step in self.rungs and self.ask is not None:
             asked = time.time()
             decision = self.ask(event.step)
@@ -124,7 +135,7 @@ class RayTrainReporter:
             if decision == "STOP" and self.stop is not None:
                 self.stop()  # every rank reads the same decision: all stop at this step
 
-    def _send(self, kind: str, step: int, own: Mapping[str, float], checkpoint) -> None:
+    def _send(self, kind: str, step: int, own: Mapping[str, Any], checkpoint) -> None:
         metrics = {**own, **self.objectives, **self.timing, "step": step, "event": kind,
                    "step_history": self.buffered, "worker_nodes": self.worker_nodes,
                    "attempt": self.attempt}
@@ -185,6 +196,34 @@ def tune_report(metrics: dict[str, Any], checkpoint=None, checkpoint_dir_name=No
     ray.tune.report(metrics, checkpoint=checkpoint)
 
 
+class InjectedDialError(RuntimeError):
+    """The test-only dial failure of ``FaultInjection.dial_error``."""
+
+
+def measure_trial_dials(trainer, dials: Mapping[str, Any], step: int
+                        ) -> dict[str, Any] | None:
+    """The trial's inference dials (``study.dials``) once its training has finished (None for
+    a run stopped before ``train.steps``, e.g. by MO-ASHA), also written atomically to its run
+    folder as ``dials.json``. A failure is returned as {error} (the trial and the sweep go
+    on)."""
+    if step != trainer.config.train.steps:
+        return None
+    from study.dials import study_dials
+    from textcraftor.atomic import write_json_atomic
+    from textcraftor.dials import measure_dials
+
+    try:
+        if dials.get("fail"):
+            raise InjectedDialError("injected dial failure (fault_injection.dial_error)")
+        found = study_dials(measure_dials(trainer, dials["alphas"], dials["finetuned_steps"]),
+                            dials["objectives"])
+    except Exception as error:  # noqa: BLE001 - recorded for this trial; the sweep goes on
+        log.exception("the inference dials failed")
+        found = {"error": f"{type(error).__name__}: {error}"[-2000:]}
+    write_json_atomic(trainer.run_dir / "dials.json", found)
+    return found
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker (or, in-process, in the Tune trial process as the only
     rank): one TextCraftor run, resumed from the trial's last checkpoint."""
@@ -226,6 +265,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         reporter.ask = lambda step: wait_for_decision(loop_config["rung_board"],
                                                       loop_config["trial_id"], step)
         reporter.stop = trainer.request_stop
+    if loop_config.get("dials"):
+        reporter.dial = partial(measure_trial_dials, trainer, loop_config["dials"])
     checkpoint = ray.tune.get_checkpoint() if in_process else ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -262,6 +303,13 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         "rung_board": board_name(config.name) if config.tuner.scheduler == "moasha" else None,
         "rungs": list(config.tuner.rungs),
         "in_process": r.in_process,
+        # the inference dials after the last step (study.dials); None: not measured
+        "dials": {"alphas": list(config.dials.alphas),
+                  "finetuned_steps": list(config.dials.finetuned_steps),
+                  "objectives": list(config.objectives.names),
+                  "fail": any(f.dial_error and f.matches(params)
+                              for f in config.fault_injection)}
+        if config.dials.enabled else None,
     }
     if r.in_process:
         try:

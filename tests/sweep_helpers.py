@@ -34,6 +34,8 @@ def _small_study() -> Path:
     base["train"].update(steps=4, eval_every=2, save_every=2)
     base["data"].update(heldout_count=2)
     data["search"]["sample.k"]["high"] = 2
+    # the inference dials of each finished trial, on a small grid: 5 settings (a = 0 once)
+    data["dials"] = {"alphas": [0.0, 0.5, 1.0], "finetuned_steps": ["k_train", "all"]}
     folder = Path(tempfile.mkdtemp(prefix="textcraftor-small-study-"))
     (folder / "small.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder / "small.yaml"

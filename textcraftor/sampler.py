@@ -133,6 +133,16 @@ class SampleNoise:
         return torch.cat([torch.randint(low, high + 1, (1,), generator=g)
                           for g in self.generators])
 
+    def fork(self) -> SampleNoise:
+        """A copy whose streams continue from where these are now, independently: several
+        continuations of one chain (``textcraftor.dials``) draw the same noise."""
+        copy = SampleNoise([], self.device, self.dtype)
+        for g in self.generators:
+            forked = torch.Generator()
+            forked.set_state(g.get_state())
+            copy.generators.append(forked)
+        return copy
+
 
 def initial_noise(
     seeds: Sequence[int], shape: tuple[int, int, int], device: torch.device | str,
@@ -154,8 +164,15 @@ def denoise(
     eta: float = 0.0,
     checkpointing: bool = True,
     noise: SampleNoise | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> torch.Tensor:
     """Run the DDIM chain from x_T; returns x_0 latents (or x̂0 for ``stop_at_x0``).
+
+    ``start``/``stop``: run only steps start ≤ i < stop (default all T): ``latents`` is then
+    the chain's state before step ``start`` and the result its state before step ``stop`` —
+    one chain run in pieces gives the same latents as run whole (``noise`` continues its
+    streams).
 
     With ``eta`` > 0 each step adds fresh noise, drawn from ``noise`` (the samples' own
     generators, which drew x_T); ValueError without it.
@@ -173,7 +190,10 @@ def denoise(
         return scheduler.step(eps, t, latents, eta=eta, variance_noise=fresh)
 
     grad_from = len(scheduler.timesteps) if truncation is None else truncation.grad_from
+    stop = len(scheduler.timesteps) if stop is None else stop
     for i, t in enumerate(scheduler.timesteps):
+        if not start <= i < stop:
+            continue
         context = early_context if i < switch_at else late_context
         if i < grad_from:
             with torch.no_grad():

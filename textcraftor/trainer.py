@@ -112,6 +112,8 @@ class TextCraftor:
             build_rewards, config.reward, m.source, m.cache_dir, device=self.device))
         self.eval_images = EvalImages(config, self.pipeline, self.tokens, self.evaluator,
                                       self._autocast)
+        self.last_eval: EvalResult | None = None  # the last evaluation (rank 0), at:
+        self.last_eval_step = -1
 
     def _autocast(self):
         return autocast(self.device, self.autocast)
@@ -286,7 +288,7 @@ class TextCraftor:
         result = self.evaluate() if self.rank == 0 else None
         metrics = from_first_rank(result.metrics if result else None) or {}
         if result is not None:
-            self.last_eval = result
+            self.last_eval, self.last_eval_step = result, self.step
             self.folder.write_evaluation(result, self.step, self.config.train.sample_grid)
             self.folder.write_metrics("eval", self.step, metrics)
         if baseline:
