@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -180,27 +179,45 @@ def _step_interval(steps: pd.DataFrame, key: str, at: pd.Series) -> pd.DataFrame
     return wide.rename(columns={low: "low", high: "high"})[["low", "high"]]
 
 
-def interpolation_curve(table: pd.DataFrame, trial_id: str) -> Figure:
-    """Quality and diversity against the interpolation weight a (0 = base, 1 = fine-tuned),
-    with their 95 % intervals where the dial measured them."""
-    figure, left = plt.subplots(figsize=(6, 4))
-    left.plot(table["alpha"], table["quality"], "o-", c="tab:red", label="quality")
-    bars = error_bars(table, "quality")
-    if bars is not None:
-        left.errorbar(table["alpha"], table["quality"], yerr=bars, fmt="none", ecolor="tab:red",
-                      capsize=2, elinewidth=0.8)
-    left.set(xlabel="a (0 = original encoder, 1 = fine-tuned)", ylabel="quality")
-    right = left.twinx()
-    if table["diversity"].notna().any():
-        right.plot(table["alpha"], table["diversity"], "s--", c="tab:blue", label="diversity")
-        bars = error_bars(table, "diversity")
-        if bars is not None:
-            right.errorbar(table["alpha"], table["diversity"], yerr=bars, fmt="none",
-                           ecolor="tab:blue", capsize=2, elinewidth=0.8)
-    right.set_ylabel("diversity (across seeds, per prompt)")
-    left.set_title(f"interpolation dial, trial {trial_id}")
-    figure.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), fontsize=8)
-    left.grid(alpha=0.3)
+def dial_curves(dials, objectives: Sequence[str]) -> Figure:
+    """One trial's inference dials (``analysis.runs.DialTable``): the first objective against
+    each other one, a line per M (the last M of T steps use E(a)) through a = 0 … 1, each point
+    with its 95 % intervals on both axes; the untuned model (a = 0), the trial's own point
+    (a = 1, M = T) and the best setting (``study.dials``) marked."""
+    table = dials.points
+    primary = "quality" if "quality" in objectives else objectives[0]
+    others = [o for o in objectives if o != primary and table[o].notna().any()] or [primary]
+    figure, axes = plt.subplots(1, len(others), figsize=(5.2 * len(others), 4.2),
+                                squeeze=False)
+    untuned = table[table["alpha"] == 0.0]
+    best = dials.best or {}
+    for axis, other in zip(axes[0], others):
+        for index, (steps, group) in enumerate(sorted(table.groupby("finetuned_steps"),
+                                                      key=lambda g: g[0])):
+            line = pd.concat([untuned, group[group["alpha"] > 0]]).sort_values("alpha")
+            colour = f"C{index}"
+            axis.plot(line[other], line[primary], "o-", c=colour, ms=4,
+                      label=f"M = {steps} of T = {dials.num_steps}")
+            axis.errorbar(line[other], line[primary], yerr=error_bars(line, primary),
+                          xerr=error_bars(line, other), fmt="none", ecolor=colour,
+                          elinewidth=0.6, capsize=1.5, alpha=0.6)
+            for _, row in line.iterrows():
+                axis.annotate(f"{row['alpha']:g}", (row[other], row[primary]), fontsize=6,
+                              xytext=(3, 3), textcoords="offset points")
+        own = table[(table["alpha"] == 1.0) & (table["finetuned_steps"] == dials.num_steps)]
+        axis.scatter(untuned[other], untuned[primary], marker="s", s=70, facecolors="none",
+                     edgecolors="k", label="untuned (a = 0)", zorder=3)
+        axis.scatter(own[other], own[primary], marker="D", s=70, facecolors="none",
+                     edgecolors="tab:red", label="the trial (a = 1, M = T)", zorder=3)
+        if best:
+            axis.scatter([best["objectives"].get(other)], [best["objectives"].get(primary)],
+                         marker="*", s=160, c="gold", edgecolors="k", zorder=4,
+                         label=f"best: a = {best['alpha']:g}, M = {best['finetuned_steps']}")
+        axis.set(xlabel=other, ylabel=primary)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_title(f"inference dials, trial {dials.trial_id} (labels: a)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
     return figure
 
 

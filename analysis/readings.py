@@ -111,21 +111,40 @@ def truncation_depth(study: StudyRuns) -> str:
     return "\n".join(lines)
 
 
-def interpolation(table: pd.DataFrame, trial_id: str) -> str:
-    """How the interpolation weight a moves quality and diversity."""
-    ordered = table.sort_values("alpha")
-    q = ordered["quality"].tolist()
-    lines = [f"Trial {trial_id}, a from {_fmt(ordered['alpha'].iloc[0])} to "
-             f"{_fmt(ordered['alpha'].iloc[-1])}:",
-             f"- Quality {_fmt(q[0])} → {_fmt(q[-1])} ({'rises' if q[-1] > q[0] else 'falls'}"
-             f" from the original to the fine-tuned encoder)."]
-    steps = [b - a for a, b in zip(q, q[1:])]
-    monotone = all(s >= 0 for s in steps) or all(s <= 0 for s in steps)
-    lines.append(f"- The dial is {'monotone' if monotone else 'not monotone'} in quality over "
-                 f"{len(q)} settings.")
-    d = ordered["diversity"].tolist()
-    if all(v is not None and math.isfinite(v) for v in d):
-        lines.append(f"- Diversity {_fmt(d[0])} → {_fmt(d[-1])}.")
+def dials(table, objectives: list[str] | tuple[str, ...]) -> str:
+    """One trial's inference dials (``analysis.runs.DialTable``): per M, how a moves each
+    objective from the untuned model (a = 0) to a = 1, with 95 % intervals; the best setting
+    against the trial's own point (a = 1, M = T), paired."""
+    points = table.points
+    untuned = points[points["alpha"] == 0.0]
+    lines = [f"Trial {table.trial_id}: {len(points)} dial settings, "
+             f"{_fmt(float(points['num_prompts'].iloc[0]))} prompts × "
+             f"{_fmt(float(points['num_seeds'].iloc[0]))} seeds each"
+             + (f", measured in {table.wall_s:.1f} s" if table.wall_s else "") + "."]
+
+    def cell(row, name: str) -> str:
+        low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+        text = _fmt(float(row[name]))
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+            text += f" [{_fmt(float(low))}, {_fmt(float(high))}]"
+        return text
+
+    for steps, group in sorted(points[points["alpha"] > 0].groupby("finetuned_steps"),
+                               key=lambda g: g[0]):
+        top = group.sort_values("alpha").iloc[-1]
+        moves = "; ".join(f"{o} {cell(untuned.iloc[0], o)} → {cell(top, o)}"
+                          for o in objectives if o in points and not untuned.empty)
+        lines.append(f"- M = {steps} of T = {table.num_steps}, a = 0 → {_fmt(float(top['alpha']))}:"
+                     f" {moves}.")
+    best = table.best
+    if best:
+        own = best.get("vs_own") or {}
+        lines.append(f"- Best setting ({best['rule']}): a = {_fmt(float(best['alpha']))}, "
+                     f"M = {best['finetuned_steps']}.")
+        lines.append("- Best minus the trial's own point (a = 1, M = T), paired: " + "; ".join(
+            f"{o} {own[o]['difference']:+.3g} [{own[o]['ci_low']:+.3g}, "
+            f"{own[o]['ci_high']:+.3g}] ({own[o]['verdict']})"
+            for o in objectives if "difference" in own.get(o, {})) + ".")
     return "\n".join(lines)
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, readings
 from analysis.runs import (
     OBJECTIVES,
     AnalysisError,
     StudyRuns,
     by_category,
+    dial_tables,
     download,
-    interpolation_tables,
     latest_artifact,
     load_runs,
     prompt_table,
@@ -121,18 +121,28 @@ def build_report(study: StudyRuns, out: Path) -> Path:
         figure("by_category", plots.category_breakdown(categories),
                "Quality and diversity per prompt category (where collapse happens).")
         sections.append("<h2>By category</h2>" + _table(categories))
-    dials = interpolation_tables(study)
-    if not dials:
-        sections.append("<h2>Interpolation</h2><p>not measured for this sweep: run <code>python "
-                        "-m study.interpolation --tracking-uri URI --experiment NAME</code> "
-                        "(the best trial's dial), then build the report again.</p>")
-    for trial, table in dials.items():
-        figure(f"interpolation_{trial}", plots.interpolation_curve(table, trial),
-               f"Interpolating the original and fine-tuned encoders of trial {trial} "
-               f"(images per point: {_n_images(table)}).")
-        sections.append(f"<h2>Interpolation: trial {html.escape(trial)}</h2>" + _table(
-            table[[c for c in ("alpha", *_with_intervals(OBJECTIVES), "num_prompts",
-                               "num_seeds") if c in table]]))
+    dials = dial_tables(study)
+    objectives = [o for o in (summary or {}).get("objectives") or OBJECTIVES
+                  if o in study.runs]
+    pareto = set(study.finished[study.finished["pareto"]]["trial_id"].astype(str))
+    shown = {t: d for t, d in dials.items() if t in pareto} or dials
+    if not shown:
+        sections.append("<h2>Inference dials</h2><p>not measured for this sweep (its "
+                        "<code>dials.alphas</code> was empty): run <code>python -m study.dials "
+                        "--tracking-uri URI --experiment NAME</code> (the best trial's), then "
+                        "build the report again.</p>")
+    elif len(shown) < len(dials):
+        sections.append(f"<p>Inference dials: {len(dials)} trial(s) measured them; the Pareto "
+                        f"trials' are shown ({len(shown)}).</p>")
+    for trial, table in shown.items():
+        figure(f"dials_{trial}", plots.dial_curves(table, objectives),
+               f"Inference dials of trial {trial}: interpolation weight a × the last M "
+               f"sampling steps using E(a), no training (images per point: "
+               f"{_n_images(table.points)}).")
+        sections.append(f"<h2>Inference dials: trial {html.escape(trial)}</h2>"
+                        + _reading_html(readings.dials(table, objectives)) + _table(
+            table.points[[c for c in ("alpha", "finetuned_steps", *_with_intervals(objectives),
+                                      "num_prompts", "num_seeds") if c in table.points]]))
     title = f"TextCraftor study: {study.experiment}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
@@ -145,6 +155,24 @@ def build_report(study: StudyRuns, out: Path) -> Path:
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
          "padding:2px 6px}figure{margin:1.5em 0}img{max-width:100%}")
+
+
+def _reading_html(text: str) -> str:
+    """A reading's Markdown (paragraphs and "- " bullets, ``code``) as HTML."""
+    parts, items = [], []
+    for line in text.splitlines():
+        escaped = html.escape(line.removeprefix("- ")).replace("`", "")
+        if line.startswith("- "):
+            items.append(f"<li>{escaped}</li>")
+            continue
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line.strip():
+            parts.append(f"<p>{escaped}</p>")
+    if items:
+        parts.append("<ul>" + "".join(items) + "</ul>")
+    return "".join(parts)
 
 
 def _with_intervals(names) -> list[str]:

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from study.objectives import OBJECTIVES, PER_PROMPT_COLUMNS
 from study.summary import pareto_flags
-from study.tags import INTERPOLATION_ARTIFACT, KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
+from study.tags import DIALS_ARTIFACT, KIND_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
 from textcraftor.bootstrap import nested_interval
 
 RUN_KINDS = ("baseline", "trial")
@@ -204,19 +204,34 @@ def sweep_summary(study: StudyRuns) -> dict | None:
     return None
 
 
-def interpolation_tables(study: StudyRuns) -> dict[str, pd.DataFrame]:
-    """{trial_id: the quality dial table} of every trial run that has one logged
-    (``python -m study.interpolation``): one row per interpolation weight a — alpha, the study's
-    objectives, every ``eval/*`` metric, num_prompts and num_seeds (N)."""
+@dataclass(frozen=True)
+class DialTable:
+    """One trial's inference dials as logged (``study.dials``)."""
+
+    trial_id: str
+    points: pd.DataFrame  # one row per setting: alpha, finetuned_steps, each objective and its
+    #                       interval ends (<name>_ci_low/_ci_high), num_prompts, num_seeds
+    best: dict | None  # the best setting (study.dials.best_setting), None when none qualified
+    num_steps: int  # T, the trial's sampling steps (a = 1, M = T: the trial's own point)
+    wall_s: float | None  # seconds the trial spent measuring them
+
+
+def dial_tables(study: StudyRuns) -> dict[str, DialTable]:
+    """{trial_id: its dials} of every trial run that logged them (``dials/dials.json``: at the
+    end of its training, or ``python -m study.dials``)."""
     client = study.client()
     tables = {}
+    folder = Path(DIALS_ARTIFACT).parent.as_posix()
     for _, run in study.trials.iterrows():
-        folder = Path(INTERPOLATION_ARTIFACT).parent.as_posix()
-        if INTERPOLATION_ARTIFACT not in [a.path for a in client.list_artifacts(run["run_id"],
-                                                                                folder)]:
+        if DIALS_ARTIFACT not in [a.path for a in client.list_artifacts(run["run_id"], folder)]:
             continue
-        logged = json.loads(download(client, run["run_id"], INTERPOLATION_ARTIFACT).read_text())
-        tables[str(run["trial_id"])] = pd.DataFrame(logged["rows"])
+        logged = json.loads(download(client, run["run_id"], DIALS_ARTIFACT).read_text())
+        points = pd.DataFrame([{k: v for k, v in p.items()
+                                if k not in ("values", "prompts", "seeds")}
+                               for p in logged["points"]])
+        tables[str(run["trial_id"])] = DialTable(str(run["trial_id"]), points,
+                                                 logged.get("best"), int(logged["num_steps"]),
+                                                 logged.get("wall_s"))
     return tables
 
 

@@ -124,63 +124,99 @@ def test_bad_input_is_named(tmp_path):
     assert row["status"] == "RUNNING" and row["missing"] == "diversity" and not row["pareto"]
 
 
+def test_every_finished_trial_logged_its_dials(store):
+    """Each trial that finished its training measured its inference dials (the small study's
+    grid: a ∈ {0, 0.5, 1} × M ∈ {k_train, all}, a = 0 once) and logged them to its run. Its
+    (a = 1, M = T) point is the trial's own last evaluation, reused as is; its a = 0 point is
+    the untuned model under the trial's sampling (the baseline's where those are the base's).
+    The summary names the best setting, one of the points, with its paired difference to the
+    trial's own point."""
+    from analysis.runs import dial_tables
+
+    uri, _, summary = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    tables = dial_tables(study)
+    finished = [t for t in summary["trials"] if t["status"] == "TERMINATED"]
+    assert sorted(tables) == sorted(t["trial_id"] for t in finished) and finished
+    base = study.baseline.iloc[0]
+    for trial in finished:
+        dials = tables[trial["trial_id"]]
+        points = dials.points
+        t = trial["params"]["sample.num_steps"]
+        k = trial["params"]["sample.k"] if trial["params"]["sample.truncation"] == "last_k" else 2
+        expected = {(0.0, t), *{(a, m) for a in (0.5, 1.0) for m in (k, t)}}
+        assert set(zip(points["alpha"], points["finetuned_steps"])) == expected
+        assert len(points) == len(expected) == trial["dials"]["num_points"]
+        assert points["num_prompts"].eq(4).all() and points["num_seeds"].eq(2).all()
+        own = points[(points["alpha"] == 1.0) & (points["finetuned_steps"] == t)].iloc[0]
+        for name in ("quality", "diversity", "alignment"):
+            assert own[name] == pytest.approx(trial["objectives"][name], abs=1e-9), name
+            assert own[f"{name}_ci_low"] <= own[name] <= own[f"{name}_ci_high"], name
+        untuned = points[points["alpha"] == 0.0].iloc[0]
+        if (trial["params"]["sample.guidance_scale"], t) == (5.0, 4):
+            assert untuned["quality"] == pytest.approx(base["quality"], abs=1e-4)
+        best = trial["dials"]["best"]
+        assert best == dials.best
+        chosen = points[(points["alpha"] == best["alpha"])
+                        & (points["finetuned_steps"] == best["finetuned_steps"])]
+        assert len(chosen) == 1
+        assert chosen.iloc[0]["quality"] == pytest.approx(best["objectives"]["quality"])
+        for name in ("quality", "diversity", "alignment"):
+            versus = best["vs_own"][name]
+            assert versus["difference"] == pytest.approx(
+                best["objectives"][name] - own[name], abs=1e-6)
+            assert versus["ci_low"] <= versus["difference"] <= versus["ci_high"]
+
+
 @pytest.fixture(scope="module")
 def dial(store, run_module):
-    """``python -m study.interpolation`` on the best trial at a = 0 and 1, run once: it logs
-    the table to the trial's MLflow run, where the report and notebook 03 read it."""
+    """``python -m study.dials`` on the best trial at another grid (a ∈ {0, 1}, M = all), run
+    once: it measures the trial's checkpoint again and logs the table to its MLflow run, in
+    place of the one the sweep logged."""
     uri, _, _ = store
-    result = run_module("study.interpolation", "--tracking-uri", uri, "--experiment", EXPERIMENT,
-                        "--sweep", "e2e", "--alphas", "0,1", timeout=600)
+    result = run_module("study.dials", "--tracking-uri", uri, "--experiment", EXPERIMENT,
+                        "--sweep", "e2e", "--alphas", "0,1", "--finetuned-steps", "all",
+                        timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout)
 
 
-def test_interpolation_ends_are_the_untuned_model_and_the_trial(store, dial, run_module):
-    """a = 1 re-measures the trial's last checkpoint: it must give what the sweep logged (same
-    prompts, seeds and metric networks in another process). a = 0 is the untuned model under
-    the trial's own sampling settings (this sweep searches the guidance scale, T and the
-    truncation, so not the baseline's): equal to the baseline only where those settings are the
-    base's. The table is logged once: a second call measures nothing."""
+def test_dial_command_remeasures_the_trial_and_logs_once(store, dial, run_module):
+    """a = 1, M = T re-measures the trial's last checkpoint: it must give what the sweep logged
+    (same prompts, seeds and metric networks in another process). The table is logged once: a
+    second call with the same grid measures nothing."""
     from analysis.report import best_trial
-    from analysis.runs import interpolation_tables
+    from analysis.runs import dial_tables
 
     uri, _, summary = store
     study = load_runs(uri, EXPERIMENT, "e2e")
     assert dial["trial_id"] == best_trial(study)
-    tables = interpolation_tables(study)
-    assert list(tables) == [dial["trial_id"]]
-    table = tables[dial["trial_id"]]
+    table = dial_tables(study)[dial["trial_id"]].points
     assert table["alpha"].tolist() == [0.0, 1.0]
-    assert table["num_prompts"].eq(4).all() and table["num_seeds"].eq(2).all()
     trial = study.trials[study.trials["trial_id"] == dial["trial_id"]].iloc[0]
-    for column in ("quality", "diversity"):
+    for column in ("quality", "diversity", "alignment"):
         assert table[column].iloc[1] == pytest.approx(trial[column], abs=1e-4), column
-        assert table[column].tolist() == [row[column] for row in dial["rows"]]
-    base = study.baseline.iloc[0]
-    sampling = ("sample.guidance_scale", "sample.num_steps")
-    first = next(t for t in summary["trials"] if t["trial_id"] == trial["trial_id"])
-    same_sampling = all(first["params"][p] == base_value for p, base_value in
-                        zip(sampling, (5.0, 4)))
-    if same_sampling:
-        assert table["quality"].iloc[0] == pytest.approx(base["quality"], abs=1e-4)
-    else:
-        assert table["quality"].iloc[0] != pytest.approx(base["quality"], abs=1e-6)
-    again = run_module("study.interpolation", "--tracking-uri", uri, "--experiment", EXPERIMENT,
-                       "--sweep", "e2e", "--alphas", "0,1", "--trial", dial["trial_id"])
+        assert table[column].tolist() == [row[column] for row in dial["points"]]
+    again = run_module("study.dials", "--tracking-uri", uri, "--experiment", EXPERIMENT,
+                       "--sweep", "e2e", "--alphas", "0,1", "--finetuned-steps", "all",
+                       "--trial", dial["trial_id"])
     assert again.returncode == 0 and "logged already" in again.stderr, again.stderr[-2000:]
     client = mlflow.tracking.MlflowClient(uri)
-    assert [a.path for a in client.list_artifacts(trial["run_id"], "interpolation")] == [
-        "interpolation/interpolation.json"]
+    assert [a.path for a in client.list_artifacts(trial["run_id"], "dials")] == [
+        "dials/dials.json"]
 
 
-def test_interpolation_bad_input_is_named_before_any_model(store, run_module):
+def test_dial_command_bad_input_is_named_before_any_model(store, run_module):
     uri, _, _ = store
     for args, message in (
             (["--alphas", "0,1.5"], "--alphas: 1.5 lies outside [0, 1]"),
             (["--alphas", "a,b"], "--alphas: 'a,b' is not a comma-separated list"),
+            (["--finetuned-steps", "0"], "--finetuned-steps: '0' is neither an int >= 1"),
+            (["--finetuned-steps", "99", "--trial", "best"],
+             "finetuned_steps: 99 lies outside [1, T="),
             (["--trial", "nope"], "--trial: no trial 'nope'; trials: ["),
             (["--sweep", "other"], "--sweep: no trial runs of sweep 'other'")):
-        result = run_module("study.interpolation", "--tracking-uri", uri, "--experiment",
+        result = run_module("study.dials", "--tracking-uri", uri, "--experiment",
                             EXPERIMENT, "--sweep", "e2e", *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
 
@@ -213,7 +249,7 @@ def test_report_opens_in_chromium_with_every_image(store, dial, run_module, tmp_
     assert result.returncode == 0, result.stderr[-4000:]
     page = (out / "report.html").read_text()
     for figure in ("quality_vs_diversity", "objectives_vs_params", "training_curves",
-                   "cost_vs_k", "samples", "by_category", f"interpolation_{dial['trial_id']}",
+                   "cost_vs_k", "samples", "by_category", f"dials_{dial['trial_id']}",
                    "time_breakdown", "pairwise_fronts", "parallel_objectives"):
         assert (out / "figures" / f"{figure}.png").is_file(), figure
         assert (out / "figures" / f"{figure}.svg").is_file(), figure
@@ -247,7 +283,7 @@ def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, dial, tmp
     uri, _, _ = store
     assert [n.name for n in NOTEBOOKS] == [
         "01_weights_vs_constraint.ipynb", "02_truncation_depth.ipynb",
-        "03_interpolation.ipynb", "04_model_size.ipynb"]
+        "03_dials.ipynb", "04_model_size.ipynb"]
     env = {"PYTHONPATH": str(REPO)}
     os.environ.update(env)
     for notebook in NOTEBOOKS:
@@ -308,8 +344,8 @@ def test_mlflow_server_serves_the_sweep_over_rest(store):
 def test_the_report_reads_what_the_sweep_wrote_with_ray_and_torch_unimportable(store, dial,
                                                                                tmp_path):
     """analysis/ reads MLflow and summary files only: with ``ray`` and ``torch`` made
-    unimportable, the report of a finished sweep, the interpolation dial included (measured by
-    ``study.interpolation`` and read from MLflow), is built."""
+    unimportable, the report of a finished sweep, the inference dials included (measured by
+    ``study.dials`` and read from MLflow), is built."""
     import sys
 
     uri, _, _ = store
@@ -323,6 +359,6 @@ def test_the_report_reads_what_the_sweep_wrote_with_ray_and_torch_unimportable(s
     assert result.returncode == 0, result.stderr[-4000:]
     page = (out / "report.html").read_text()
     assert "Pareto front" in page and "By category" in page
-    assert f"Interpolation: trial {dial['trial_id']}" in page
+    assert f"Inference dials: trial {dial['trial_id']}" in page
     for name in E2E_PARAMS:
         assert f"<th>{name}</th>" in page, name

@@ -191,7 +191,8 @@ def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
     before step 4's checkpoint: Ray Train restarts the worker group from step 2's."""
     drivers, logs, walls = {}, {}, {}
     started = time.perf_counter()
-    extra = {"left": [], "right": [*DDP, "--set", "fault_injection=[{crash_once_at_step: 4}]"]}
+    extra = {"left": ["--set", "fault_injection=[{dial_error: true}]"],
+             "right": [*DDP, "--set", "fault_injection=[{crash_once_at_step: 4}]"]}
     for name in ("left", "right"):
         folder = tmp_path / name
         folder.mkdir()
@@ -220,11 +221,24 @@ def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
         client, _, [run] = child_runs(tmp_path / name, name)
         points = assert_points_match_run_folder(client, run.info.run_id,
                                                 Path(summary["trials"][0]["run_dir"]))
+        dials = summary["trials"][0]["dials"]
         if name == "right":  # two ranks in a worker group, restarted from step 2's checkpoint
             assert points[("resumed_from_step", 4)] == 2.0
             assert summary["trials"][0]["time"]["worker_start_s"] > 0.5
+            # rank 0 measured the dials (a = 0 once, a ∈ {0.5, 1} × M ∈ {K, T}), the other
+            # rank waited in the last report
+            assert dials["num_points"] == 5 and dials["best"]["alpha"] in (0.0, 0.5, 1.0)
+            assert [a.path for a in client.list_artifacts(run.info.run_id, "dials")] == [
+                "dials/dials.json"]
+            assert summary["trials"][0]["time"]["dial_s"] > 0
         else:  # one rank in the Tune trial process: no worker group to start
             assert summary["trials"][0]["time"]["worker_start_s"] < 0.05
+            # the dials failed (fault_injection.dial_error): recorded, the trial finished
+            assert dials == {"error": "InjectedDialError: injected dial failure "
+                                      "(fault_injection.dial_error)"}
+            assert run.info.status == "FINISHED"
+            assert run.data.tags["textcraftor.dials_error"] == dials["error"]
+            assert client.list_artifacts(run.info.run_id, "dials") == []
     print(f"\ntwo sweeps at once: walls {walls} s")
 
 
