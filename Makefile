@@ -22,12 +22,9 @@ sweep: install
 	$(PY) -m study.sweep $$(test -d sweeps/default/tune && echo --resume) $(SWEEP_ARGS)
 
 # The default study's report: reports/default/report.html (figures in reports/default/figures).
-# First the best trial's interpolation dial (a study command: it runs the model once and logs
-# the table to MLflow; skipped when logged already; a failure is printed and the report is
-# still built), then the report, which reads MLflow only.
+# Every trial that finished its training logged its inference dials already; the report reads
+# MLflow only (python -m study.dials measures a trial's dials at another grid).
 report: install
-	-$(PY) -m study.interpolation --tracking-uri sqlite:///mlflow.db \
-		--experiment textcraftor-study --sweep default
 	$(PY) -m analysis.report --tracking-uri sqlite:///mlflow.db --experiment textcraftor-study \
 		--out reports/default
 

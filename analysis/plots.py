@@ -221,6 +221,37 @@ def dial_curves(dials, objectives: Sequence[str]) -> Figure:
     return figure
 
 
+def effect_intervals(effects: pd.DataFrame) -> Figure:
+    """Each hyperparameter's effect on each objective across its drawn range, the others held
+    (``analysis.effects.linear_effects``), with its 95 % bootstrap interval: one panel per
+    objective, a dashed line at no effect."""
+    if effects.empty:
+        figure, axis = plt.subplots(figsize=(5, 2))
+        axis.text(0.5, 0.5, "too few configurations with every objective at a common step\n"
+                  "to fit the effects (needs the number of hyperparameters + 2)",
+                  ha="center", va="center", fontsize=9)
+        axis.set_axis_off()
+        return figure
+    objectives = list(dict.fromkeys(effects["objective"]))
+    figure, axes = plt.subplots(1, max(1, len(objectives)),
+                                figsize=(4.2 * max(1, len(objectives)), 3.2), squeeze=False)
+    for axis, objective in zip(axes[0], objectives):
+        own = effects[effects["objective"] == objective].reset_index(drop=True)
+        y = np.arange(len(own))
+        axis.errorbar(own["over_range"], y, xerr=[own["over_range"] - own["range_ci_low"],
+                                                 own["range_ci_high"] - own["over_range"]],
+                      fmt="o", capsize=3, c="tab:blue")
+        axis.axvline(0.0, ls="--", c="grey", lw=0.8)
+        axis.set_yticks(y, [f"{h}\n{lo:g}→{hi:g}" for h, lo, hi in
+                            zip(own["hyperparameter"], own["low"], own["high"])], fontsize=7)
+        axis.set(xlabel=f"change in {objective} across the range", title=objective)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"effects, others held (least squares on {int(effects['num_trials'].max())}"
+                    " configurations; 95 % bootstrap intervals)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 def sample_grids(grids: Sequence[tuple[str, Path]]) -> Figure:
     """Sample grids side by side (same prompts in rows, same seeds in columns)."""
     figure, grid = plt.subplots(1, max(1, len(grids)), figsize=(3.6 * max(1, len(grids)), 4),

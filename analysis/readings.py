@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from analysis.runs import CONSTRAINT, WEIGHT_PREFIX, StudyRuns, k_column
+from analysis.runs import CONSTRAINT, StudyRuns, k_column
 
 
 def _fmt(value) -> str:
@@ -56,31 +56,61 @@ def _versus_baseline(study: StudyRuns, row: pd.Series, column: str) -> str:
 
 
 def weights_vs_constraint(study: StudyRuns) -> str:
-    """Open question 1: how reward weights and the CLIP constraint λ trade quality against
-    diversity."""
-    finished = study.finished
+    """Open question 1: how the reward weights w and the CLIP constraint λ (and the other
+    searched fields) move each objective, with 95 % intervals (``analysis.effects``), and which
+    configurations beat the untuned model on every objective (paired, ``summary.json``)."""
+    from analysis.effects import beats_baseline, linear_effects, objectives_at_step
+    from analysis.runs import sweep_summary
+
+    objectives = [o for o in study.objectives if o in study.runs]
     lines = [status_line(study)]
-    for param in [c for c in study.hyperparameters() if c.startswith(WEIGHT_PREFIX)] + [
-            CONSTRAINT]:
-        if param in finished:
-            lines.append(f"- Against `{param}`: diversity: "
-                         f"{_direction(_spearman(finished, param, 'diversity'))}; quality: "
-                         f"{_direction(_spearman(finished, param, 'quality'))}.")
+    frame, step = objectives_at_step(study, objectives)
+    params = [p for p in study.hyperparameters(varying=True) if p in frame]
+    effects = linear_effects(frame, params, objectives) if params else pd.DataFrame()
+    if effects.empty:
+        lines.append(f"- Too few trials with every objective at a common step ({len(frame)}) "
+                     "to fit each objective on the hyperparameters.")
+    else:
+        lines.append(f"- At step {step}, which all {int(effects['num_trials'].max())} "
+                     "configurations reached: each objective fitted on "
+                     f"{', '.join(f'`{p}`' for p in params)} together (least squares); each "
+                     "hyperparameter's effect across its drawn range, the others held, "
+                     "[95 % bootstrap interval over the trials]:")
+        for param in params:
+            own = effects[effects["hyperparameter"] == param]
+            if own.empty:
+                continue
+            first = own.iloc[0]
+            moves = "; ".join(
+                f"{r.objective} {r.over_range:+.3g} [{r.range_ci_low:+.3g}, "
+                f"{r.range_ci_high:+.3g}] ({r.effect})" for r in own.itertuples())
+            lines.append(f"  - `{param}` from {_fmt(first['low'])} to {_fmt(first['high'])}: "
+                         f"{moves}.")
+    summary = sweep_summary(study)
+    verdicts = beats_baseline(summary, objectives)
+    if not verdicts.empty:
+        best = verdicts[verdicts["better_on_all"]]
+        named = ", ".join(f"{row['trial_id']} ("
+                          + ", ".join(f"{p}={_fmt(row[p])}" for p in params if p in row) + ")"
+                          for _, row in best.iterrows())
+        lines.append(f"- Better than the untuned model on all of {', '.join(objectives)} "
+                     f"(paired 95 % intervals at each trial's last evaluation): {len(best)} of "
+                     f"{len(verdicts)} configuration(s){': ' + named if named else ''}.")
+        fair = verdicts[verdicts["not_worse"] & ~verdicts["better_on_all"]]
+        lines.append(f"- Better on some objective and worse on none: {len(fair)} more"
+                     + (": " + ", ".join(fair["trial_id"]) if len(fair) else "") + ".")
+    finished = study.finished
     front = finished[finished["pareto"]]
     if not front.empty and CONSTRAINT in front:
         lines.append(f"- {len(front)} trial(s) on the Pareto front, with λ from "
                      f"{_fmt(float(front[CONSTRAINT].min()))} to "
                      f"{_fmt(float(front[CONSTRAINT].max()))}.")
-    if not finished.empty and "quality" in finished:
-        best = finished.sort_values("quality").iloc[-1]
-        lines.append(f"- The highest-quality trial ({best['trial_id']}): "
-                     f"{_versus_baseline(study, best, 'quality')}; "
-                     f"{_versus_baseline(study, best, 'diversity')}.")
-        base_div = _baseline_value(study, "diversity")
-        if base_div is not None and "diversity" in finished:
-            lost = finished[finished["diversity"] < 0.9 * base_div]
-            lines.append(f"- {len(lost)} of {len(finished)} finished trial(s) lost more than 10 % "
-                         "of the baseline's intra-prompt diversity (a sign of mode collapse).")
+    base_div = _baseline_value(study, "diversity")
+    if base_div is not None and "diversity" in finished and not finished.empty:
+        lost = finished[finished["diversity"] < 0.9 * base_div]
+        lines.append(f"- {len(lost)} of {len(finished)} trial(s) lost more than 10 % of the "
+                     "baseline's intra-prompt diversity at their last evaluation (a sign of "
+                     "mode collapse).")
     return "\n".join(lines)
 
 

@@ -62,7 +62,7 @@ def best_trial(study: StudyRuns) -> str | None:
 
 def build_report(study: StudyRuns, out: Path) -> Path:
     """Write ``out/report.html`` and ``out/figures/*``; returns the page's path. Reads what the
-    sweep and ``python -m study.interpolation`` logged; runs no model."""
+    sweep and ``python -m study.dials`` logged; runs no model."""
     figures = out / "figures"
     sections: list[str] = []
     runs, steps = study.runs, study.steps
