@@ -171,6 +171,10 @@ def dials(table, objectives: list[str] | tuple[str, ...]) -> str:
         own = best.get("vs_own") or {}
         lines.append(f"- Best setting ({best['rule']}): a = {_fmt(float(best['alpha']))}, "
                      f"M = {best['finetuned_steps']}.")
+        if (best["alpha"], best["finetuned_steps"]) == (1.0, table.num_steps):
+            lines.append("- That is the trial's own point (a = 1, M = T): no dial setting "
+                         "improves on it under this rule.")
+            return "\n".join(lines)
         lines.append("- Best minus the trial's own point (a = 1, M = T), paired: " + "; ".join(
             f"{o} {own[o]['difference']:+.3g} [{own[o]['ci_low']:+.3g}, "
             f"{own[o]['ci_high']:+.3g}] ({own[o]['verdict']})"

@@ -112,14 +112,14 @@ def study_dials(table: Mapping[str, Any], objectives: Sequence[str]) -> dict[str
 
 
 def dial_record(dials: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A trial's dials in summary.json: num_points, wall_s, best (no per-prompt values), or
-    {error} when the measurement failed; None when it was not measured."""
+    """A trial's dials in summary.json: num_points, num_steps (T), wall_s, best (no per-prompt
+    values), or {error} when the measurement failed; None when it was not measured."""
     if not dials:
         return None
     if dials.get("error"):
         return {"error": dials["error"]}
-    return {"num_points": dials.get("num_points"), "wall_s": dials.get("wall_s"),
-            "best": dials.get("best")}
+    return {"num_points": dials.get("num_points"), "num_steps": dials.get("num_steps"),
+            "wall_s": dials.get("wall_s"), "best": dials.get("best")}
 
 
 if __name__ == "__main__":  # python -m study.dials: the command (study.dial_command)

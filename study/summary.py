@@ -117,6 +117,9 @@ def dial_lines(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -
         if not best:
             continue
         own = best.get("vs_own") or {}
+        if (best["alpha"], best["finetuned_steps"]) == (1.0, dials.get("num_steps")):
+            lines.append(f"  {t['trial_id']}: a=1, M=T: its own point")
+            continue
         moves = ", ".join(
             f"{o} {_fmt(best['objectives'].get(o))} ({_signed(own[o])})"
             for o in objectives if o in best["objectives"] and "difference" in own.get(o, {}))
