@@ -25,7 +25,6 @@ from study.config import load_study_config
 from study.objectives import OBJECTIVE_METRICS, interval_names, study_intervals, study_objectives
 from study.space import study_run_config
 
-
 EXTRA_METRICS = ("diversity_attributes", "diversity_clip", "oracle_all")
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
+from textcraftor.config import RunConfig
+from textcraftor.configio import from_dict, get_path, path_annotation, set_path, to_dict
 
 # a repeat's index in its Tune config (tuner.repeats): the key Tune's Repeater sets (TRIAL_INDEX)
 REPEAT_INDEX = "__trial_index__"
-from textcraftor.config import RunConfig
-from textcraftor.configio import from_dict, get_path, path_annotation, set_path, to_dict
 
 
 class DefineByRun:

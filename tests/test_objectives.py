@@ -5,9 +5,9 @@ import math
 
 from study.objectives import (
     DIRECTIONS,
+    OBJECTIVE_FIELDS,
     OBJECTIVE_METRICS,
     OBJECTIVES,
-    OBJECTIVE_FIELDS,
     PER_PROMPT_COLUMNS,
     interval_names,
     study_intervals,
