@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots, readings
+from analysis.effects import linear_effects, objectives_at_step
 from analysis.runs import (
     OBJECTIVES,
     AnalysisError,
@@ -121,9 +122,20 @@ def build_report(study: StudyRuns, out: Path) -> Path:
         figure("by_category", plots.category_breakdown(categories),
                "Quality and diversity per prompt category (where collapse happens).")
         sections.append("<h2>By category</h2>" + _table(categories))
-    dials = dial_tables(study)
     objectives = [o for o in (summary or {}).get("objectives") or OBJECTIVES
                   if o in study.runs]
+    at_step, step = objectives_at_step(study, objectives)
+    params = [p for p in study.hyperparameters(varying=True) if p in at_step]
+    effects = linear_effects(at_step, params, objectives) if params else pd.DataFrame()
+    if not effects.empty:
+        figure("effects", plots.effect_intervals(effects),
+               f"How each searched field moves each objective across its drawn range, the "
+               f"others held: least squares on the {int(effects['num_trials'].max())} "
+               f"configurations at step {step}, 95 % bootstrap intervals over them.")
+        sections.append("<h2>Effects of the searched fields</h2>"
+                        + _reading_html(readings.weights_vs_constraint(study))
+                        + _table(effects.round(4)))
+    dials = dial_tables(study)
     pareto = set(study.finished[study.finished["pareto"]]["trial_id"].astype(str))
     shown = {t: d for t, d in dials.items() if t in pareto} or dials
     if not shown:
