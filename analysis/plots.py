@@ -183,7 +183,7 @@ def dial_curves(dials, objectives: Sequence[str]) -> Figure:
     """One trial's inference dials (``analysis.runs.DialTable``): the first objective against
     each other one, a line per M (the last M of T steps use E(a)) through a = 0 … 1, each point
     with its 95 % intervals on both axes; the untuned model (a = 0), the trial's own point
-    (a = 1, M = T) and the best setting (``study.dials``) marked."""
+    (a = 1, M = T) and the best setting (``study.dial_table``) marked."""
     table = dials.points
     primary = "quality" if "quality" in objectives else objectives[0]
     others = [o for o in objectives if o != primary and table[o].notna().any()] or [primary]

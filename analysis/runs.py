@@ -206,12 +206,12 @@ def sweep_summary(study: StudyRuns) -> dict | None:
 
 @dataclass(frozen=True)
 class DialTable:
-    """One trial's inference dials as logged (``study.dials``)."""
+    """One trial's inference dials as logged (``study.dial_table``)."""
 
     trial_id: str
     points: pd.DataFrame  # one row per setting: alpha, finetuned_steps, each objective and its
     #                       interval ends (<name>_ci_low/_ci_high), num_prompts, num_seeds
-    best: dict | None  # the best setting (study.dials.best_setting), None when none qualified
+    best: dict | None  # the best setting (study.dial_table.best_setting), None when none qualified
     num_steps: int  # T, the trial's sampling steps (a = 1, M = T: the trial's own point)
     wall_s: float | None  # seconds the trial spent measuring them
 

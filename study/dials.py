@@ -1,130 +1,220 @@
-"""A trial's inference dials as the study reads them, and its best dial setting.
+"""``python -m study.dials``: a finished trial's inference dials, measured and logged.
 
-``textcraftor.dials`` evaluates a grid of settings (a, M) of a finished trial — the
-interpolation weight a of E(a) = a·E_ft + (1−a)·E_orig and the number M of last sampling steps
-that use it — on the study's held-out prompts and seeds (TextCraftor §3.4, Table 4). Here each
-point becomes the study's objectives with their 95 % intervals and the per-prompt (per-image)
-values they come from, logged to the trial's MLflow run as ``dials/dials.json``; the report and
-notebook 03 read it from there and run no model.
+Every trial that finishes its training measures its dials itself (the study's ``dials``); this
+command measures them for a trial that has none, or at another grid: the trial's last checkpoint
+with E(a) = a·E_ft + (1−a)·E_orig driving the last M of T sampling steps (TextCraftor §3.4,
+Table 4), at each a × M, on the trial's own held-out prompts and evaluation seeds, scored as
+every run of the study is (``study.dial_table``). The table is logged to the trial's MLflow run as
+``dials/dials.json``, where the report and notebook 03 read it (they run no model). A table
+already logged for the same checkpoint and grid is not measured again (``--force`` does).
 
-**The best dial setting** of a trial is the point with the highest value of the study's first
-objective (quality, when it is one) among the points that are not measurably worse than the
-untuned model (the a = 0 point: the same prompts and seeds) on any other objective — each
-compared pairwise, 95 % interval of the difference (``study.paired``). The a = 0 point itself
-always qualifies, so a trial whose every tuned setting loses alignment or diversity is named
-best at a = 0. It is reported with its paired difference to the trial's own point (a = 1, M =
-T: what the trial's evaluation measured) on every objective. No Ray, no torch.
+    python -m study.dials --tracking-uri sqlite:///mlflow.db \\
+        --experiment textcraftor-study [--sweep default] [--trial best] \\
+        [--alphas 0,0.25,0.5,0.75,1] [--finetuned-steps k_train,half,all] [--device cpu]
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from study.objectives import interval_names, study_intervals, study_objectives
-from study.paired import objective_values, paired_to_baseline
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from study.config import DEFAULT_TRACKING_URI, DialConfig
+from study.objectives import OBJECTIVES, interval_names
+from study.summary import pareto_flags
+from study.tags import DIALS_ARTIFACT as ARTIFACT
+from study.tags import KIND_TAG, SWEEP_TAG, TRIAL_TAG
+from textcraftor.dial_grid import FINETUNED_STEP_NAMES
+
+log = logging.getLogger("study.dials")
 
 
-def study_points(table: Mapping[str, Any], objectives: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per point of a dial table (``textcraftor.dials.dial_table``): alpha,
-    finetuned_steps, each objective, its interval ends (``<name>_ci_low``/``_ci_high``),
-    num_prompts, num_seeds; ``values``: {objective: [P][S] or [P]} (what pairing resamples)
-    and ``prompts``, ``seeds`` (the tables' order)."""
-    rows = []
-    for point in table["points"]:
-        metrics, evaluation = point["metrics"], point["table"]
-        values = {o: objective_values(evaluation, o) for o in objectives}
-        intervals = study_intervals(metrics)
-        rows.append({"alpha": point["alpha"], "finetuned_steps": point["finetuned_steps"],
-                     **{o: study_objectives(metrics)[o] for o in objectives},
-                     **{k: intervals[k] for o in objectives for k in interval_names(o)},
-                     "num_prompts": len(evaluation["prompts"]),
-                     "num_seeds": len(evaluation["seeds"]),
-                     "values": values,
-                     "prompts": [r["prompt"] for r in evaluation["prompts"]],
-                     "seeds": list(evaluation["seeds"])})
-    return rows
+class DialError(RuntimeError):
+    """The dials cannot be measured (no such experiment, sweep or trial; no checkpoint)."""
 
 
-def _as_table(row: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, Any]:
-    """A point in the evaluation-table form ``study.paired`` compares."""
-    per_seed, prompts = {}, [{"prompt": p} for p in row["prompts"]]
-    for name in objectives:
-        values = row["values"].get(name)
-        if values is None:
-            continue
-        if values and isinstance(values[0], list):
-            per_seed[name] = values
+def parse_grid(alphas: str, finetuned_steps: str) -> DialConfig:
+    """``--alphas 0,0.5,1 --finetuned-steps k_train,5,all`` → a checked ``DialConfig``. Raises
+    ValueError naming the option, the value and what is allowed."""
+    try:
+        weights = tuple(float(a) for a in alphas.split(","))
+    except ValueError:
+        raise ValueError(f"--alphas: {alphas!r} is not a comma-separated list of numbers "
+                         "(e.g. 0,0.5,1)") from None
+    bad = [a for a in weights if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ValueError(f"--alphas: {bad[0]} lies outside [0, 1] (0 = the original encoder, "
+                         "1 = the fine-tuned one)")
+    steps: list[int | str] = []
+    for entry in finetuned_steps.split(","):
+        entry = entry.strip()
+        if entry in FINETUNED_STEP_NAMES:
+            steps.append(entry)
+        elif entry.isdigit() and int(entry) >= 1:
+            steps.append(int(entry))
         else:
-            for entry, value in zip(prompts, values):
-                entry[name] = value
-    return {"prompts": prompts, "seeds": row["seeds"], "per_seed": per_seed}
+            raise ValueError(f"--finetuned-steps: {entry!r} is neither an int >= 1 nor one of "
+                             f"{FINETUNED_STEP_NAMES}")
+    return DialConfig(alphas=weights, finetuned_steps=tuple(steps))
 
 
-def _point_of(rows: Sequence[Mapping[str, Any]], alpha: float, steps: int
-              ) -> Mapping[str, Any] | None:
-    return next((r for r in rows if r["alpha"] == alpha and r["finetuned_steps"] == steps), None)
+def trial_runs(client: MlflowClient, experiment: str, sweep: str | None) -> list[Run]:
+    """The trial runs of ``sweep`` (default: the experiment's newest sweep)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise DialError(f"--experiment: no MLflow experiment {experiment!r} in this "
+                                 "store")
+    if sweep is None:
+        sweeps = client.search_runs([found.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+        if not sweeps:
+            raise DialError(f"experiment {experiment!r} holds no sweep")
+        sweep = sweeps[0].data.tags[SWEEP_TAG]
+    runs = client.search_runs([found.experiment_id], f"tags.`{KIND_TAG}` = 'trial' and "
+                              f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    if not runs:
+        raise DialError(f"--sweep: no trial runs of sweep {sweep!r} in experiment "
+                                 f"{experiment!r}")
+    return runs
 
 
-def best_setting(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str],
-                 num_steps: int) -> dict[str, Any] | None:
-    """The trial's best dial setting (module docstring): {alpha, finetuned_steps, objectives,
-    intervals, primary (the objective maximised), vs_untuned and vs_own ({objective: paired
-    difference, interval, verdict}), rule}; None without an a = 0 point or a finite primary."""
-    primary = "quality" if "quality" in objectives else objectives[0]
-    untuned = _point_of(rows, 0.0, num_steps)
-    if untuned is None:
+def best_trial(runs: Sequence[Run]) -> Run:
+    """The highest-quality finished trial on the Pareto front of the study's objectives."""
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    names = [o for o in OBJECTIVES if all(o in r.data.metrics for r in finished)]
+    if not finished or "quality" not in names:
+        raise DialError("no finished trial with a quality objective: nothing to dial")
+    front = [r for r, on in zip(finished, pareto_flags(
+        [[r.data.metrics[o] for o in names] for r in finished])) if on]
+    return max(front, key=lambda r: r.data.metrics["quality"])
+
+
+def trial_checkpoint(run: Run) -> Path:
+    """The trial's last checkpoint: the one Ray Train recorded, else the newest in its folder."""
+    tags = run.data.tags
+    tagged = tags.get("checkpoint")
+    if tagged and Path(tagged).is_dir():
+        return Path(tagged)
+    run_dir = tags.get("run_dir")
+    found = sorted((Path(run_dir) / "checkpoints").glob("step_*")) if run_dir else []
+    if not found:
+        raise DialError(f"trial {tags.get(TRIAL_TAG)}: no checkpoint (tag {tagged!r}, "
+                                 f"run folder {run_dir!r}); the dial needs a finished trial")
+    return found[-1]
+
+
+def evaluate_dials(run_config: dict[str, Any], checkpoint: Path, grid: DialConfig,
+                   objectives: Sequence[str], device: str = "cpu") -> dict[str, Any]:
+    """The dials of the trial's checkpoint (``study.dial_table.study_dials``). ``run_config``: the
+    trial's run config (its evaluation is the study's). An M outside [1, T] of this trial is a
+    ValueError naming it. Nothing is written into the trial's folder."""
+    from study.dial_table import study_dials
+    from textcraftor.config import RunConfig
+    from textcraftor.configio import from_dict
+    from textcraftor.dial_grid import dial_settings
+    from textcraftor.dials import measure_dials
+    from textcraftor.trainer import TextCraftor
+
+    config = from_dict(RunConfig, dict(run_config))
+    dial_settings(grid.alphas, grid.finetuned_steps, config.sample)  # bad M: before the model
+    with tempfile.TemporaryDirectory() as scratch:
+        config = replace(config.with_output_dir(scratch),
+                         train=replace(config.train, sample_grid=False))
+        trainer = TextCraftor(config, device=device, show_progress=False)
+        trainer.restore(checkpoint)
+        return study_dials(measure_dials(trainer, grid.alphas, grid.finetuned_steps),
+                           objectives)
+
+
+def logged_table(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The dials already logged to a trial's run, or None."""
+    names = [a.path for a in client.list_artifacts(run_id, Path(ARTIFACT).parent.as_posix())]
+    if ARTIFACT not in names:
         return None
-    tables = {id(r): _as_table(r, objectives) for r in rows}
-    reference = tables[id(untuned)]
-    others = [o for o in objectives if o != primary]
-    eligible = []
-    for row in rows:
-        if not math.isfinite(row[primary]):
-            continue
-        versus = paired_to_baseline(tables[id(row)], reference, objectives)
-        if all(versus[o]["verdict"] != "worse" for o in others):
-            eligible.append((row, versus))
-    if not eligible:
-        return None
-    row, versus = max(eligible, key=lambda e: (e[0][primary], -e[0]["alpha"]))
-    own = _point_of(rows, 1.0, num_steps)
-    return {"alpha": row["alpha"], "finetuned_steps": row["finetuned_steps"],
-            "primary": primary,
-            "objectives": {o: row[o] for o in objectives},
-            "intervals": {o: [row[k] for k in interval_names(o)] for o in objectives},
-            "vs_untuned": versus,
-            "vs_own": (paired_to_baseline(tables[id(row)], tables[id(own)], objectives)
-                       if own is not None else None),
-            "rule": f"highest {primary} among the settings not worse than the untuned model "
-                    f"(a = 0) on {', '.join(others) or 'no other objective'} (paired 95 % "
-                    "intervals)"}
+    with tempfile.TemporaryDirectory() as into:
+        return json.loads(Path(client.download_artifacts(run_id, ARTIFACT, into)).read_text())
 
 
-def study_dials(table: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, Any]:
-    """What a trial reports and logs: {step, num_steps, wall_s, num_points, points (rows of
-    ``study_points``), best (``best_setting``)}."""
-    rows = study_points(table, objectives)
-    return {"step": table["step"], "num_steps": table["num_steps"], "wall_s": table["wall_s"],
-            "num_points": len(rows), "points": rows,
-            "best": best_setting(rows, objectives, table["num_steps"])}
+def measure(client: MlflowClient, run: Run, grid: DialConfig, device: str = "cpu",
+            force: bool = False) -> dict[str, Any]:
+    """Measure the dials of trial ``run`` and log them as ``dials/dials.json`` (unless the same
+    checkpoint and grid are logged already); returns the logged table (``study_dials`` with
+    trial_id, mlflow_run_id, checkpoint, alphas, finetuned_steps)."""
+    checkpoint = trial_checkpoint(run)
+    run_id = run.info.run_id
+    asked = {"checkpoint": str(checkpoint), "alphas": list(grid.alphas),
+             "finetuned_steps": list(grid.finetuned_steps)}
+    before = None if force else logged_table(client, run_id)
+    if before is not None and all(before.get(k) == v for k, v in asked.items()):
+        log.info("trial %s: the dials of %s are logged already", before["trial_id"], checkpoint)
+        return before
+    config_file = Path(run.data.tags.get("run_dir", "")) / "config.json"
+    if not config_file.is_file():
+        raise DialError(f"trial {run.data.tags.get(TRIAL_TAG)}: no run config at "
+                        f"{config_file}")
+    objectives = [o for o in OBJECTIVES if o in run.data.metrics] or list(OBJECTIVES)
+    dials = evaluate_dials(json.loads(config_file.read_text()), checkpoint, grid, objectives,
+                           device)
+    table = {"trial_id": run.data.tags.get(TRIAL_TAG), "mlflow_run_id": run_id, **asked,
+             **dials}
+    client.log_dict(run_id, table, ARTIFACT)  # one artifact write: the file or nothing
+    return table
 
 
-def dial_record(dials: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A trial's dials in summary.json: num_points, num_steps (T), wall_s, best (no per-prompt
-    values), or {error} when the measurement failed; None when it was not measured."""
-    if not dials:
-        return None
-    if dials.get("error"):
-        return {"error": dials["error"]}
-    return {"num_points": dials.get("num_points"), "num_steps": dials.get("num_steps"),
-            "wall_s": dials.get("wall_s"), "best": dials.get("best")}
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.dials", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
+                                                                 DEFAULT_TRACKING_URI))
+    parser.add_argument("--experiment", default="textcraftor-study")
+    parser.add_argument("--sweep", help="one sweep of the experiment (default: the newest)")
+    parser.add_argument("--trial", default="best", help="a trial id, or 'best' (the highest "
+                        "quality on the Pareto front)")
+    grid = DialConfig()
+    parser.add_argument("--alphas", default=",".join(str(a) for a in grid.alphas),
+                        help="interpolation weights a in [0, 1] (default: %(default)s)")
+    parser.add_argument("--finetuned-steps", default=",".join(map(str, grid.finetuned_steps)),
+                        help="M, the last M sampling steps use E(a): ints in [1, T] or "
+                        f"{', '.join(FINETUNED_STEP_NAMES)} (default: %(default)s)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--force", action="store_true", help="measure again even if logged")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        grid = parse_grid(args.alphas, args.finetuned_steps)
+        client = MlflowClient(args.tracking_uri)
+        runs = trial_runs(client, args.experiment, args.sweep)
+        if args.trial == "best":
+            run = best_trial(runs)
+        else:
+            chosen = [r for r in runs if r.data.tags.get(TRIAL_TAG) == args.trial]
+            if not chosen:
+                known = sorted(r.data.tags.get(TRIAL_TAG, "?") for r in runs)
+                raise DialError(f"--trial: no trial {args.trial!r}; trials: {known}")
+            run = chosen[0]
+        table = measure(client, run, grid, args.device, args.force)
+    except (DialError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    columns = ("alpha", "finetuned_steps",
+               *[k for o in OBJECTIVES for k in (o, *interval_names(o))],
+               "num_prompts", "num_seeds")
+    print(json.dumps({"trial_id": table["trial_id"], "checkpoint": table["checkpoint"],
+                      "points": [{c: row.get(c) for c in columns if c in row}
+                                 for row in table["points"]],
+                      "best": table["best"]}, indent=2))
+    return 0
 
 
-if __name__ == "__main__":  # python -m study.dials: the command (study.dial_command)
-    import sys
-
-    from study.dial_command import main
-
+if __name__ == "__main__":
     sys.exit(main())

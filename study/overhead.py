@@ -14,7 +14,7 @@ A trial, from Tune starting it to Tune seeing it end, is cut into measured parts
 - ``load_s``: building the run: pipeline, rewards, prompts, optimizer, a checkpoint restored;
 - ``train_s``: inside optimizer steps (``step_s`` summed);
 - ``eval_s``: evaluations (held-out images, rewards, diversity, KID/FID) and their files;
-- ``dial_s``: the inference dials after the last step (``study.dials``; 0 when not measured);
+- ``dial_s``: the inference dials after the last step (``study.dial_table``; 0 when not measured);
 - ``checkpoint_s``: checkpoints written (weights, optimizer, evaluation files);
 - ``report_s``: inside ``ray.train.report`` (the Train controller round trip, the checkpoint
   upload) and waiting for MO-ASHA's decision;

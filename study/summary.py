@@ -102,7 +102,7 @@ def pareto_table(summary: Mapping[str, Any]) -> str:
 
 
 def dial_lines(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[str]:
-    """One line per trial with inference dials (``study.dials``): its best setting (a, M), the
+    """One line per trial with inference dials (``study.dial_table``): its best setting (a, M), the
     objectives there, and each one's paired difference to the trial's own point (a = 1, all
     steps) with its 95 % interval; or why the dials failed."""
     lines = []

@@ -393,7 +393,7 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
     """Every trial Tune knows of as a summary record: TERMINATED or ERROR when it ran to its
     end, STOPPED when MO-ASHA stopped it at a rung (``stopped_at_step``), INTERRUPTED when it
     started and the sweep was stopped, NOT_STARTED when it never started."""
-    from study.dials import dial_record
+    from study.dial_table import dial_record
     from study.space import REPEAT_INDEX, trial_params
 
     records = []
@@ -423,7 +423,7 @@ def trial_records(results, study: StudyConfig, tracker: SweepTracker,
                                clock.ended.get(trial.trial_id),
                                clock.last_started.get(trial.trial_id)) if clock else None,
             "error": _error(trial),
-            # the inference dials after its last step (study.dials): best setting, or error
+            # the inference dials after its last step (study.dial_table): best setting, or error
             "dials": dial_record(last.get("dials")),
             "mlflow_run_id": tracker.run_id(trial.trial_id),
             "run_dir": str(study.sweep_dir / "trials" / trial.trial_id),

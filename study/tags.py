@@ -6,7 +6,7 @@ from __future__ import annotations
 SWEEP_TAG = "textcraftor.sweep"  # the sweep (study name) a run belongs to
 TRIAL_TAG = "textcraftor.trial_id"  # Tune's trial id of a trial's run
 KIND_TAG = "textcraftor.kind"  # sweep | baseline | trial
-# a trial's inference dials (study.dials): logged when it finishes its training, or by
+# a trial's inference dials (study.dial_table): logged when it finishes its training, or by
 # ``python -m study.dials`` for a finished trial
 DIALS_ARTIFACT = "dials/dials.json"
 # why a trial's inference dials could not be measured (the trial itself finished)

@@ -77,7 +77,7 @@ class RayTrainReporter:
         self.rungs: tuple[int, ...] = ()
         self.ask: Callable[[int], str] | None = None
         self.stop: Callable[[], None] | None = None
-        # the inference dials (study.dials), measured by rank 0 at the end event before the
+        # the inference dials (study.dial_table), measured by rank 0 at the end event before the
         # last report, which carries them (``dials``); None: not measured
         self.dial: Callable[[int], dict[str, Any] | None] | None = None
 
@@ -202,13 +202,13 @@ class InjectedDialError(RuntimeError):
 
 def measure_trial_dials(trainer, dials: Mapping[str, Any], step: int
                         ) -> dict[str, Any] | None:
-    """The trial's inference dials (``study.dials``) once its training has finished (None for
+    """The trial's inference dials (``study.dial_table``) once its training has finished (None for
     a run stopped before ``train.steps``, e.g. by MO-ASHA), also written atomically to its run
     folder as ``dials.json``. A failure is returned as {error} (the trial and the sweep go
     on)."""
     if step != trainer.config.train.steps:
         return None
-    from study.dials import study_dials
+    from study.dial_table import study_dials
     from textcraftor.atomic import write_json_atomic
     from textcraftor.dials import measure_dials
 
@@ -303,7 +303,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         "rung_board": board_name(config.name) if config.tuner.scheduler == "moasha" else None,
         "rungs": list(config.tuner.rungs),
         "in_process": r.in_process,
-        # the inference dials after the last step (study.dials); None: not measured
+        # the inference dials after the last step (study.dial_table); None: not measured
         "dials": {"alphas": list(config.dials.alphas),
                   "finetuned_steps": list(config.dials.finetuned_steps),
                   "objectives": list(config.objectives.names),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from study.config import load_study_config
-from study.dials import best_setting, study_dials
+from study.dial_table import best_setting, study_dials
 from textcraftor.config import SampleConfig
 from textcraftor.configio import ConfigError
 from textcraftor.dial_grid import DialSetting, dial_settings, resolve_finetuned_steps
