@@ -242,7 +242,7 @@ def effect_intervals(effects: pd.DataFrame) -> Figure:
                                                  own["range_ci_high"] - own["over_range"]],
                       fmt="o", capsize=3, c="tab:blue")
         axis.axvline(0.0, ls="--", c="grey", lw=0.8)
-        axis.set_yticks(y, [f"{h}\n{lo:g}→{hi:g}" for h, lo, hi in
+        axis.set_yticks(y, [f"{h}\n{lo:.3g}→{hi:.3g}" for h, lo, hi in
                             zip(own["hyperparameter"], own["low"], own["high"])], fontsize=7)
         axis.set(xlabel=f"change in {objective} across the range", title=objective)
         axis.grid(alpha=0.3)

@@ -29,8 +29,9 @@ evaluation: a Ray task, itself cut into ``baseline_parts`` import_s, load_s, eva
 nodes' clocks must agree). ``attributed_fraction`` is the measured parts' share of the sweep's
 wall: ``other_in_trial_s`` and untimed trials are its residual (None when trials overlap: then
 the trials' parts are trial-seconds, not shares of the wall). ``train_eval_fraction_of_sweep``
-is the share of the wall spent training and evaluating: the trials' ``train_s`` and ``eval_s``
-and the baseline's ``eval_s`` (the work a sweep exists to do; the rest is its fixed cost).
+is the share of the wall spent training and evaluating: the trials' ``train_s``, ``eval_s`` and
+``dial_s`` and the baseline's ``eval_s`` (the work a sweep exists to do; the rest is its fixed
+cost).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def sweep_time(marks: Mapping[str, float], intervals: Sequence[tuple[float, floa
     measured = (parts["setup_s"] + parts["baseline_s"] + parts["between_trials_s"]
                 + parts["wrap_up_s"] + sum(t["wall_s"] - t["other_in_trial_s"] for t in known))
     baseline = dict(baseline_parts or {})
-    work = summed["train_s"] + summed["eval_s"] + baseline.get("eval_s", 0.0)
+    work = (summed["train_s"] + summed["eval_s"] + summed.get("dial_s", 0.0)
+            + baseline.get("eval_s", 0.0))
     return {
         "sweep_wall_s": wall,
         "parts": parts,

@@ -19,6 +19,7 @@ def test_a_trial_is_cut_into_its_measured_parts_and_a_residual():
     assert parts["started_at"] == 100.0
     assert parts["actor_start_s"] == 2.0  # Tune's start → the trial function
     assert parts["train_s"] == 25.0 and parts["eval_s"] == 6.0
+    assert parts["dial_s"] == 0.0  # not measured: no dials reported
     assert parts["other_in_trial_s"] == pytest.approx(50.0 - (6 + 4 + 3 + 25 + 6 + 1 + 2))
     assert parts["teardown_s"] == pytest.approx(155.0 - (102.0 + 50.0))
     assert parts["wall_s"] == 55.0
@@ -38,9 +39,10 @@ def test_the_sweep_wall_is_setup_baseline_trials_gaps_and_wrap_up():
              "fit_started": 22.0, "fit_ended": 140.0, "ended": 143.0}
     first = trial_time(timed_result(), 100.0, 155.0)  # covers 100 → 155 (55 s)
     intervals = [(25.0, 80.0), (82.0, 137.0)]
-    # the second trial started later and imported nothing (a reused trial process)
-    second = {**first, "import_s": 0.0, "other_in_trial_s": first["other_in_trial_s"] + 4.0,
-              "started_at": 200.0}
+    # the second trial started later, imported nothing (a reused trial process) and measured
+    # its inference dials (5 s)
+    second = {**first, "import_s": 0.0, "dial_s": 5.0,
+              "other_in_trial_s": first["other_in_trial_s"] + 4.0 - 5.0, "started_at": 200.0}
     timed = [dict(second), dict(first)]
     found = sweep_time(marks, intervals, timed, {"import_s": 4.0, "load_s": 1.0, "eval_s": 9.0})
     assert found["sweep_wall_s"] == 143.0
@@ -50,8 +52,9 @@ def test_the_sweep_wall_is_setup_baseline_trials_gaps_and_wrap_up():
     assert sum(found["parts"].values()) == pytest.approx(found["sweep_wall_s"])
     assert found["trial_parts_summed"]["train_s"] == 50.0
     assert found["train_fraction_of_sweep"] == pytest.approx(50.0 / 143.0)
-    # training and evaluation: the trials' (2 × 25 + 2 × 6) and the baseline's evaluation
-    assert found["train_eval_fraction_of_sweep"] == pytest.approx((50.0 + 12.0 + 9.0) / 143.0)
+    # training and evaluation: the trials' (2 × 25 + 2 × 6), the dials (5) and the baseline's
+    assert found["train_eval_fraction_of_sweep"] == pytest.approx(
+        (50.0 + 12.0 + 5.0 + 9.0) / 143.0)
     assert found["baseline_parts"] == {"import_s": 4.0, "load_s": 1.0, "eval_s": 9.0}
     assert found["startup_s_per_trial"] == pytest.approx(2.0 + 6.0 + 3.0 + 4.0 / 2)
     assert found["startup_s_per_trial_after_first"] == pytest.approx(2.0 + 6.0 + 3.0)
