@@ -47,7 +47,8 @@ def test_only_more_trials_concurrency_and_max_failures_may_change():
     assert refused == {"tuner.num_samples": (4, 3), "base.train.lr": (1e-4, 3e-4),
                        "tracking_uri": (None, "sqlite:////x/mlflow.db"),
                        "fault_injection": ([], [{"param": "sample.k", "value": 1, "nan_at_step": 1,
-                                                 "crash_once_at_step": 0}])}
+                                                 "crash_once_at_step": 0,
+                                                 "dial_error": False}])}
 
 
 def test_resume_refuses_naming_every_field_and_touches_nothing(tmp_path):
