@@ -159,3 +159,66 @@ def test_sample_images_leaves_the_pipeline_untouched(tuned):
     images = sample(tuned, alpha=0.5)
     assert not images.requires_grad
     assert all(torch.equal(v, before[k]) for k, v in tuned.text_encoder.state_dict().items())
+
+
+def test_a_text_encoder_transfers_to_a_model_with_the_same_text_tower(make_trainer, tmp_path):
+    """``--text-encoder-from``: a tuned encoder drives another pipeline of the same text tower
+    (here the same tiny model: the images are those of ``--run``); a tuned encoder of another
+    hidden size and tokenizer (tiny's into ShapesWorld's) is refused, naming both models."""
+    trainer = make_trainer("train.steps=1", "train.lr=0.1", "train.eval_every=0")
+    trainer.fit()
+    run = str(trainer.run_dir)
+    common = ["--prompt", PROMPTS[0], "--seeds", "0,1", *(
+        a for o in ("sample.num_steps=4", "sample.resolution=32", "sample.k=2")
+        for a in ("--set", o))]
+    assert generate_main([*common, "--run", run, "--out", str(tmp_path / "tuned")]) == 0
+    assert generate_main([*common, "--set", "model.source=tiny", "--text-encoder-from", run,
+                          "--out", str(tmp_path / "moved")]) == 0
+    assert generate_main([*common, "--set", "model.source=tiny",
+                          "--out", str(tmp_path / "base")]) == 0
+    assert png_bytes(tmp_path / "moved") == png_bytes(tmp_path / "tuned")
+    assert png_bytes(tmp_path / "moved") != png_bytes(tmp_path / "base")
+
+
+def test_a_text_encoder_of_another_tower_is_refused_naming_both(make_trainer, tmp_path,
+                                                               capsys):
+    from textcraftor.configio import ConfigError
+    from textcraftor.models import load_pipeline, load_tokenizer
+    from textcraftor.transfer import check_text_encoder_fits
+
+    trainer = make_trainer("train.steps=1", "train.eval_every=0")
+    trainer.fit()
+    run = str(trainer.run_dir)
+    code = generate_main(["--prompt", "a red circle", "--set", "model.source=shapes",
+                          "--set", "sample.num_steps=2", "--set", "sample.k=2",
+                          "--text-encoder-from", run,
+                          "--out", str(tmp_path / "x")])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert f"--text-encoder-from {run} (model.source=tiny): its text encoder (hidden size 32" in \
+        message and "the pipeline of model.source=shapes, whose text encoder has hidden size 64" \
+        in message, message
+    # same shapes, other token ids (a real CLIPTokenizer whose tokenizer.json swaps two
+    # tokens' ids): the tokenizers are compared
+    from transformers import CLIPTokenizer
+
+    tiny = load_pipeline("tiny")
+    weights = tiny.text_encoder.state_dict()
+    folder = tmp_path / "swapped"
+    load_tokenizer("tiny").save_pretrained(str(folder))
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    vocab = saved["model"]["vocab"]
+    vocab["red</w>"], vocab["blue</w>"] = vocab["blue</w>"], vocab["red</w>"]
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+    other = CLIPTokenizer.from_pretrained(str(folder))
+    assert other("red")["input_ids"] != tiny.tokenizer("red")["input_ids"]
+    with pytest.raises(ConfigError, match="maps tokens to other ids than the tokenizer of B"):
+        check_text_encoder_fits(weights, "A", tiny.text_encoder, tiny.tokenizer, "B", other)
+    check_text_encoder_fits(weights, "A", tiny.text_encoder, tiny.tokenizer, "B",
+                            load_tokenizer("tiny"))
+    with pytest.raises(ConfigError, match="not a CLIP text encoder"):
+        check_text_encoder_fits({"x": torch.zeros(1)}, "A", tiny.text_encoder, tiny.tokenizer,
+                                "B")
+    missing = generate_main(["--prompt", "p", "--text-encoder-from", str(tmp_path / "nope"),
+                             "--out", str(tmp_path / "y")])
+    assert missing == 2 and "--text-encoder-from" in capsys.readouterr().err

@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--run", help="run folder or checkpoint folder of a fine-tuned encoder "
                         "(omit for the base model)")
+    parser.add_argument("--text-encoder-from", metavar="RUN",
+                        help="run or checkpoint folder whose tuned text encoder drives this "
+                        "model (another base model's: the same text tower, another UNet)")
     parser.add_argument("--config", help="YAML run config (model source, sampling)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a field, e.g. sample.num_steps=25")
@@ -96,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[int]]:
     """The config, the checkpoint (or None) and the seeds, every input checked before any model
-    loads. Raises ConfigError naming the option or field, FileNotFoundError for a missing
-    --run or --config."""
+    loads (--text-encoder-from's folder too). Raises ConfigError naming the option or field,
+    FileNotFoundError for a missing --run, --text-encoder-from or --config."""
     seeds = parse_seeds(args.seeds)
     if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
         raise ConfigError(f"--alpha: must be in [0, 1], got {args.alpha}")
@@ -108,7 +111,36 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[i
     if m is not None and not 0 <= m <= t:
         raise ConfigError(f"--finetuned-steps: must be in [0, sample.num_steps={t}], got {m}")
     check_model_limits(config)  # the model's JSON configs only
+    if args.text_encoder_from:
+        try:
+            resolve_checkpoint(args.text_encoder_from)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(str(error).replace("--run", "--text-encoder-from")) from None
     return config, checkpoint, seeds
+
+
+def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: str
+                          ) -> str | None:
+    """Put the tuned text encoder of another run (``--text-encoder-from``) into ``pipeline``,
+    after ``textcraftor.transfer.check_text_encoder_fits`` (ConfigError naming both models);
+    returns that run's model source (None when its folder gives none)."""
+    from textcraftor.checkpoint import load_checkpoint
+    from textcraftor.models import load_tokenizer
+    from textcraftor.transfer import check_text_encoder_fits
+
+    checkpoint, run_config = resolve_checkpoint(run_or_checkpoint)
+    weights = load_checkpoint(checkpoint).weights.get("text_encoder")
+    source = run_config.model.source if run_config is not None else None
+    where = f"--text-encoder-from {run_or_checkpoint} (model.source={source or 'unknown'})"
+    if weights is None:
+        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder")
+    source_tokenizer = (load_tokenizer(source, run_config.model.cache_dir,
+                                       run_config.model.revision) if source else None)
+    check_text_encoder_fits(weights, where, pipeline.text_encoder, pipeline.tokenizer,
+                            f"model.source={target}", source_tokenizer)
+    pipeline.text_encoder.load_state_dict(weights)
+    pipeline.text_encoder.requires_grad_(False).eval()
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(m.source, m.cache_dir, m.revision)
     if checkpoint is not None:
         load_finetuned(pipeline, checkpoint, m.train_unet, m.lora_rank)
-    elif args.alpha != 0.0:
+    if args.text_encoder_from:
+        try:
+            transfer_text_encoder(pipeline, args.text_encoder_from, m.source)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    elif checkpoint is None and args.alpha != 0.0:
         log.info("no --run given: the base model (alpha has no effect)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipeline.to(device)

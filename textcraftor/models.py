@@ -216,6 +216,20 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     return str(path) if path.exists() else source
 
 
+def load_tokenizer(source: str, cache_dir: str | Path | None = None,
+                   revision: str | None = None) -> CLIPTokenizer | None:
+    """The tokenizer of ``source`` alone (no weights load); None for ``sd15-random``, whose
+    tokenizer is built with its pipeline. Raises FileNotFoundError as ``load_pipeline``."""
+    if source == "sd15-random":
+        return None
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        return CLIPTokenizer.from_pretrained(resolve_source(source, cache_dir),
+                                             subfolder="tokenizer", **kwargs)
+    except OSError as error:
+        raise FileNotFoundError(f"could not load the tokenizer of {source!r}: {error}") from error
+
+
 def load_pipeline(
     source: str, cache_dir: str | Path | None = None, revision: str | None = None,
     device: torch.device | str = "cpu",
