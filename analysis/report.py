@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from analysis import plots, readings
 from analysis.effects import linear_effects, objectives_at_step
@@ -170,21 +171,8 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
 
 
 def _reading_html(text: str) -> str:
-    """A reading's Markdown (paragraphs and "- " bullets, ``code``) as HTML."""
-    parts, items = [], []
-    for line in text.splitlines():
-        escaped = html.escape(line.removeprefix("- ")).replace("`", "")
-        if line.startswith("- "):
-            items.append(f"<li>{escaped}</li>")
-            continue
-        if items:
-            parts.append("<ul>" + "".join(items) + "</ul>")
-            items = []
-        if line.strip():
-            parts.append(f"<p>{escaped}</p>")
-    if items:
-        parts.append("<ul>" + "".join(items) + "</ul>")
-    return "".join(parts)
+    """A reading's Markdown as HTML (markdown-it-py, CommonMark; raw HTML in it is escaped)."""
+    return MarkdownIt("commonmark", {"html": False}).render(text)
 
 
 def _with_intervals(names) -> list[str]:
