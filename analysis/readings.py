@@ -7,7 +7,8 @@ import math
 
 import pandas as pd
 
-from analysis.runs import CONSTRAINT, StudyRuns, k_column
+from analysis.effects import beats_baseline, linear_effects, objectives_at_step
+from analysis.runs import CONSTRAINT, StudyRuns, k_column, sweep_summary
 
 
 def _fmt(value) -> str:
@@ -59,9 +60,6 @@ def weights_vs_constraint(study: StudyRuns) -> str:
     """Open question 1: how the reward weights w and the CLIP constraint λ (and the other
     searched fields) move each objective, with 95 % intervals (``analysis.effects``), and which
     configurations beat the untuned model on every objective (paired, ``summary.json``)."""
-    from analysis.effects import beats_baseline, linear_effects, objectives_at_step
-    from analysis.runs import sweep_summary
-
     objectives = [o for o in study.objectives if o in study.runs]
     lines = [status_line(study)]
     frame, step = objectives_at_step(study, objectives)

@@ -227,7 +227,7 @@ def dial_tables(study: StudyRuns) -> dict[str, DialTable]:
             continue
         logged = json.loads(download(client, run["run_id"], DIALS_ARTIFACT).read_text())
         points = pd.DataFrame([{k: v for k, v in p.items()
-                                if k not in ("values", "prompts", "seeds")}
+                                if k not in ("table", "values", "prompts", "seeds")}
                                for p in logged["points"]])
         tables[str(run["trial_id"])] = DialTable(str(run["trial_id"]), points,
                                                  logged.get("best"), int(logged["num_steps"]),

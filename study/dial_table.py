@@ -22,44 +22,43 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from study.objectives import interval_names, study_intervals, study_objectives
-from study.paired import objective_values, paired_to_baseline
+from study.objectives import (
+    PER_PROMPT_COLUMNS,
+    interval_names,
+    study_intervals,
+    study_objectives,
+)
+from study.paired import paired_to_baseline
 
 
 def study_points(table: Mapping[str, Any], objectives: Sequence[str]) -> list[dict[str, Any]]:
     """One row per point of a dial table (``textcraftor.dials.dial_table``): alpha,
     finetuned_steps, each objective, its interval ends (``<name>_ci_low``/``_ci_high``),
-    num_prompts, num_seeds; ``values``: {objective: [P][S] or [P]} (what pairing resamples)
-    and ``prompts``, ``seeds`` (the tables' order)."""
+    num_prompts, num_seeds; ``table``: the point's evaluation table cut to the objectives'
+    columns (``objective_table``), what pairing resamples."""
     rows = []
     for point in table["points"]:
         metrics, evaluation = point["metrics"], point["table"]
-        values = {o: objective_values(evaluation, o) for o in objectives}
-        intervals = study_intervals(metrics)
+        values, intervals = study_objectives(metrics), study_intervals(metrics)
         rows.append({"alpha": point["alpha"], "finetuned_steps": point["finetuned_steps"],
-                     **{o: study_objectives(metrics)[o] for o in objectives},
+                     **{o: values[o] for o in objectives},
                      **{k: intervals[k] for o in objectives for k in interval_names(o)},
                      "num_prompts": len(evaluation["prompts"]),
                      "num_seeds": len(evaluation["seeds"]),
-                     "values": values,
-                     "prompts": [r["prompt"] for r in evaluation["prompts"]],
-                     "seeds": list(evaluation["seeds"])})
+                     "table": objective_table(evaluation, objectives)})
     return rows
 
 
-def _as_table(row: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, Any]:
-    """A point in the evaluation-table form ``study.paired`` compares."""
-    per_seed, prompts = {}, [{"prompt": p} for p in row["prompts"]]
-    for name in objectives:
-        values = row["values"].get(name)
-        if values is None:
-            continue
-        if values and isinstance(values[0], list):
-            per_seed[name] = values
-        else:
-            for entry, value in zip(prompts, values):
-                entry[name] = value
-    return {"prompts": prompts, "seeds": row["seeds"], "per_seed": per_seed}
+def objective_table(evaluation: Mapping[str, Any], objectives: Sequence[str]
+                    ) -> dict[str, Any]:
+    """An evaluation table (``EvalResult.table``) with only the objectives' columns: each
+    prompt's row and, where the table has them, the per-image values (``study.paired``)."""
+    columns = [PER_PROMPT_COLUMNS[o] for o in objectives]
+    per_seed = evaluation.get("per_seed") or {}
+    return {"seeds": list(evaluation["seeds"]),
+            "prompts": [{"prompt": r["prompt"], **{c: r[c] for c in columns if c in r}}
+                        for r in evaluation["prompts"]],
+            "per_seed": {c: per_seed[c] for c in columns if c in per_seed}}
 
 
 def _point_of(rows: Sequence[Mapping[str, Any]], alpha: float, steps: int
@@ -76,14 +75,13 @@ def best_setting(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str],
     untuned = _point_of(rows, 0.0, num_steps)
     if untuned is None:
         return None
-    tables = {id(r): _as_table(r, objectives) for r in rows}
-    reference = tables[id(untuned)]
+    reference = untuned["table"]
     others = [o for o in objectives if o != primary]
     eligible = []
     for row in rows:
         if not math.isfinite(row[primary]):
             continue
-        versus = paired_to_baseline(tables[id(row)], reference, objectives)
+        versus = paired_to_baseline(row["table"], reference, objectives)
         if all(versus[o]["verdict"] != "worse" for o in others):
             eligible.append((row, versus))
     if not eligible:
@@ -95,7 +93,7 @@ def best_setting(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str],
             "objectives": {o: row[o] for o in objectives},
             "intervals": {o: [row[k] for k in interval_names(o)] for o in objectives},
             "vs_untuned": versus,
-            "vs_own": (paired_to_baseline(tables[id(row)], tables[id(own)], objectives)
+            "vs_own": (paired_to_baseline(row["table"], own["table"], objectives)
                        if own is not None else None),
             "rule": f"highest {primary} among the settings not worse than the untuned model "
                     f"(a = 0) on {', '.join(others) or 'no other objective'} (paired 95 % "

@@ -72,8 +72,7 @@ def trial_runs(client: MlflowClient, experiment: str, sweep: str | None) -> list
     """The trial runs of ``sweep`` (default: the experiment's newest sweep)."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise DialError(f"--experiment: no MLflow experiment {experiment!r} in this "
-                                 "store")
+        raise DialError(f"--experiment: no MLflow experiment {experiment!r} in this store")
     if sweep is None:
         sweeps = client.search_runs([found.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
                                     order_by=["attributes.start_time DESC"], max_results=1)
@@ -84,7 +83,7 @@ def trial_runs(client: MlflowClient, experiment: str, sweep: str | None) -> list
                               f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=10_000)
     if not runs:
         raise DialError(f"--sweep: no trial runs of sweep {sweep!r} in experiment "
-                                 f"{experiment!r}")
+                        f"{experiment!r}")
     return runs
 
 
@@ -109,15 +108,15 @@ def trial_checkpoint(run: Run) -> Path:
     found = sorted((Path(run_dir) / "checkpoints").glob("step_*")) if run_dir else []
     if not found:
         raise DialError(f"trial {tags.get(TRIAL_TAG)}: no checkpoint (tag {tagged!r}, "
-                                 f"run folder {run_dir!r}); the dial needs a finished trial")
+                        f"run folder {run_dir!r}); the dials need a finished trial")
     return found[-1]
 
 
-def evaluate_dials(run_config: dict[str, Any], checkpoint: Path, grid: DialConfig,
-                   objectives: Sequence[str], device: str = "cpu") -> dict[str, Any]:
-    """The dials of the trial's checkpoint (``study.dial_table.study_dials``). ``run_config``: the
-    trial's run config (its evaluation is the study's). An M outside [1, T] of this trial is a
-    ValueError naming it. Nothing is written into the trial's folder."""
+def measure_checkpoint_dials(run_config: dict[str, Any], checkpoint: Path, grid: DialConfig,
+                             objectives: Sequence[str], device: str = "cpu") -> dict[str, Any]:
+    """The dials of the trial's checkpoint (``study.dial_table.study_dials``). ``run_config``:
+    the trial's run config (its evaluation is the study's). An M outside [1, T] of this trial
+    is a ValueError naming it. Nothing is written into the trial's folder."""
     from study.dial_table import study_dials
     from textcraftor.config import RunConfig
     from textcraftor.configio import from_dict
@@ -163,8 +162,8 @@ def measure(client: MlflowClient, run: Run, grid: DialConfig, device: str = "cpu
         raise DialError(f"trial {run.data.tags.get(TRIAL_TAG)}: no run config at "
                         f"{config_file}")
     objectives = [o for o in OBJECTIVES if o in run.data.metrics] or list(OBJECTIVES)
-    dials = evaluate_dials(json.loads(config_file.read_text()), checkpoint, grid, objectives,
-                           device)
+    dials = measure_checkpoint_dials(json.loads(config_file.read_text()), checkpoint, grid,
+                                     objectives, device)
     table = {"trial_id": run.data.tags.get(TRIAL_TAG), "mlflow_run_id": run_id, **asked,
              **dials}
     client.log_dict(run_id, table, ARTIFACT)  # one artifact write: the file or nothing

@@ -106,9 +106,11 @@ def _row(alpha, steps, quality, alignment, shift=0.0):
             "quality": quality, "alignment": alignment,
             "quality_ci_low": quality - 0.1, "quality_ci_high": quality + 0.1,
             "alignment_ci_low": alignment - 0.1, "alignment_ci_high": alignment + 0.1,
-            "values": {"quality": [[quality + v for v in row] for row in spread],
-                       "alignment": [[alignment + shift + v for v in row] for row in spread]},
-            "prompts": ["p0", "p1", "p2", "p3"], "seeds": [0, 1]}
+            "table": {"seeds": [0, 1], "prompts": [{"prompt": f"p{i}"} for i in range(4)],
+                      "per_seed": {
+                          "quality": [[quality + v for v in row] for row in spread],
+                          "alignment": [[alignment + shift + v for v in row]
+                                        for row in spread]}}}
 
 
 def test_the_best_setting_is_the_most_quality_not_worse_than_untuned_elsewhere():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -94,7 +94,8 @@ def evaluate_dials(trainer: TextCraftor, settings: Sequence[DialSetting],
     same held-out prompts × evaluation seeds. ``known``: settings evaluated already (the run's
     own last evaluation), taken as they are. Images are generated in chunks of
     ``train.eval_batch_size``, every setting of a chunk from one base chain, and scored per
-    chunk; only one setting's images are held at a time once scored."""
+    chunk; every setting's images wait on the CPU for its diversity (which needs all of a
+    prompt's seeds), and the results keep no images (the dials keep metrics and tables)."""
     known = dict(known or {})
     todo = [s for s in settings if s not in known]
     heldout, seeds = trainer.split.heldout, trainer.config.data.eval_seeds
@@ -115,12 +116,13 @@ def evaluate_dials(trainer: TextCraftor, settings: Sequence[DialSetting],
             for setting, x in drawn.items():
                 with trainer.eval_images.autocast():
                     scores[setting].append(trainer.evaluator.rewards(x, chunk_prompts))
-                images[setting].append(x)
+                images[setting].append(x.cpu())
         categories = [p.category for p in heldout]
         for setting in todo:
             merged = {k: torch.cat([s[k] for s in scores[setting]]) for k in scores[setting][0]}
-            known[setting] = trainer.evaluator(torch.cat(images.pop(setting)), merged, prompts,
-                                               seeds, categories, reference=None)
+            result = trainer.evaluator(torch.cat(images.pop(setting)), merged, prompts, seeds,
+                                       categories, reference=None)
+            known[setting] = replace(result, images=result.images[:0])
     finally:
         encoder.train(was_training)
     return [DialPoint(s, known[s]) for s in settings]
