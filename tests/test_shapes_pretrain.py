@@ -231,3 +231,55 @@ def test_the_word_identity_term_keeps_each_word_in_its_own_hidden_state(tokenize
         assert stats["steps"] == steps
         contrast[weight] = same_word_contrast(clip.text_model, tokens, classes)
     assert contrast[1.0] > contrast[0.0] + 0.1, contrast  # measured: 0.16 against -0.02
+
+
+def test_components_from_trains_only_a_unet_of_the_asked_width_and_links_the_rest(tmp_path):
+    from textcraftor.shapes.pretraining.card import sha256
+    from textcraftor.shapes_weights import SHAPES_WEIGHTS, shapes_folder
+
+    before = {p: sha256(p) for p in (SHAPES_WEIGHTS / "vae").iterdir()}
+    out = pretrain(PretrainConfig(out=str(tmp_path / "small"), unet_width=16, unet_steps=2,
+                                  batch_size=4, pool_size=8, eval_every=0, eval_prompts=2,
+                                  eval_steps=2, threads=1,
+                                  components_from=str(SHAPES_WEIGHTS)))
+    for name in ("clip", "text_encoder", "tokenizer", "vae", "aesthetic"):
+        link = out / name
+        assert link.is_symlink() and link.resolve() == (SHAPES_WEIGHTS / name).resolve(), name
+    assert not (out / "unet").is_symlink()
+    # nothing was written through the links into the reused model
+    assert {p: sha256(p) for p in (SHAPES_WEIGHTS / "vae").iterdir()} == before
+    shapes_folder()
+    card = json.loads((out / "card.json").read_text())
+    source = json.loads((SHAPES_WEIGHTS / "card.json").read_text())
+    for stage in ("clip", "aesthetic", "vae"):
+        assert card["stages"][stage]["reused_from"] == str(SHAPES_WEIGHTS.resolve())
+        assert card["stages"][stage]["steps"] == source["stages"][stage]["steps"]
+    assert card["stages"]["unet"]["steps"] == 2 and "reused_from" not in card["stages"]["unet"]
+    # the checksums cover the linked files too: a change in the reused model is caught
+    checksums = json.loads((out / "checksums.json").read_text())
+    assert "text_encoder/model.safetensors" in checksums and "unet/config.json" in checksums
+    assert "--unet-width 16" in (out / "README.md").read_text()
+
+    small, large = load_pipeline(str(out)), load_pipeline(str(SHAPES_WEIGHTS))
+    assert list(small.unet.config.block_out_channels) == [16, 32]
+    assert sum(p.numel() for p in small.unet.parameters()) == card["stages"]["unet"][
+        "parameters"] < sum(p.numel() for p in large.unet.parameters()) / 4
+    for name, weight in small.text_encoder.state_dict().items():
+        assert torch.equal(weight, large.text_encoder.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("unet_width", 20, "unet_width must be a multiple of 8 (attention heads of 8 channels), "
+                       ">= 8, got 20"),
+    ("unet_width", 0, "unet_width must be a multiple of 8"),
+    ("components_from", "/no/such/model", "components_from '/no/such/model' lacks clip, "
+                                          "text_encoder, tokenizer, vae, aesthetic, card.json"),
+])
+def test_a_bad_unet_width_or_reused_folder_is_named_before_any_training(field, value, message,
+                                                                       capsys):
+    with pytest.raises(ValueError) as error:
+        PretrainConfig(out="unused", **{field: value})
+    assert message in str(error.value)
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", f"--{field.replace('_', '-')}", str(value)])
+    assert message in capsys.readouterr().err

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from transformers import CLIPTokenizer
 
 from textcraftor.models import Pipeline, load_pipeline, sd15_scheduler
 from textcraftor.sampler import PromptTokenizer
@@ -47,11 +49,13 @@ from textcraftor.shapes.pretraining.clip_stage import text_encoder_of, train_cli
 from textcraftor.shapes.pretraining.config import IMAGE_SIZE, PretrainConfig
 from textcraftor.shapes.pretraining.loop import batches, stage_clock
 from textcraftor.shapes.pretraining.oracle_checks import oracle_accuracy, reconstruction_accuracy
+from textcraftor.shapes.pretraining.reuse import REUSED_STAGES, link_components, load_components
 from textcraftor.shapes.pretraining.unet_stage import train_unet
 from textcraftor.shapes.pretraining.vae_stage import train_vae
 from textcraftor.shapes.pretraining.weights_layout import save_weights
 from textcraftor.shapes.reliance import attribute_reliance
 from textcraftor.shapes.world import ShapesDataset
+from textcraftor.shapes_weights import preset_of
 from textcraftor.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger("textcraftor.shapes.pretrain")
@@ -65,14 +69,22 @@ def pretrain(config: PretrainConfig) -> Path:
     started = time.monotonic()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_clip_tokenizer(out / "tokenizer")
-    tokens = PromptTokenizer(tokenizer)
     dataset = ShapesDataset(seed=config.seed, image_size=IMAGE_SIZE)
-    # disjoint item ranges per stage: the stages see different samples of the world
-    clip, clip_stats = train_clip(config, clock, tokens, batches(dataset, config.batch_size, 0))
-    head, aesthetic_stats = train_aesthetic(config, clock, clip, dataset)
-    vae, vae_stats = train_vae(config, clock,
-                               batches(dataset, config.vae_batch_size, 10**8))
+    if config.components_from:  # stages 1–3 reused: only the UNet is trained
+        source = Path(config.components_from).resolve()
+        link_components(out, source)
+        tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+        clip, head, vae, stats = load_components(source)
+        clip_stats, aesthetic_stats, vae_stats = (stats[name] for name in REUSED_STAGES)
+    else:
+        tokenizer = build_clip_tokenizer(out / "tokenizer")
+        # disjoint item ranges per stage: the stages see different samples of the world
+        clip, clip_stats = train_clip(config, clock, PromptTokenizer(tokenizer),
+                                      batches(dataset, config.batch_size, 0))
+        head, aesthetic_stats = train_aesthetic(config, clock, clip, dataset)
+        vae, vae_stats = train_vae(config, clock,
+                                   batches(dataset, config.vae_batch_size, 10**8))
+    tokens = PromptTokenizer(tokenizer)
     text_encoder = text_encoder_of(clip)
     scheduler = sd15_scheduler()
 
@@ -82,7 +94,9 @@ def pretrain(config: PretrainConfig) -> Path:
         return oracle_accuracy(pipeline, 16, config.eval_steps, config.seed)
 
     unet, unet_stats = train_unet(config, clock, tokens, text_encoder, vae, dataset, check)
-    save_weights(out, clip, text_encoder, unet, vae, head, scheduler)
+    unet_stats["parameters"] = sum(p.numel() for p in unet.parameters())
+    save_weights(out, clip, text_encoder, unet, vae, head, scheduler,
+                 linked=bool(config.components_from))
     pipeline = load_pipeline(str(out))
     oracle = oracle_accuracy(pipeline, config.eval_prompts, config.eval_steps, config.seed,
                              grid=out / "samples.png")
@@ -96,7 +110,11 @@ def pretrain(config: PretrainConfig) -> Path:
             "oracle": oracle,
             "vae_reconstruction_oracle": ceiling,
             "attribute_reliance": reliance,
-            "quality_score": QUALITY_DEFINITION}
+            "quality_score": QUALITY_DEFINITION,
+            "preset": preset_of(out)}
+    if config.components_from:
+        card["components_from"] = os.path.relpath(Path(config.components_from).resolve(),
+                                                  out.resolve())
     write_card(out, card)
     log.info("wrote %s: %s", out, json.dumps(card["stages"]))
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from textcraftor.shapes.pretraining.config import IMAGE_SIZE, WIDTH
@@ -28,7 +29,8 @@ def model_card(card: dict) -> str:
     stages = card["stages"]
     rows = "\n".join(
         f"| {name} | {s['steps']} | {s['seconds']:.0f} | {s['first_loss']:.4f} | "
-        f"{s['last_loss']:.4f} |" for name, s in stages.items())
+        f"{s['last_loss']:.4f} |" + (" reused |" if "reused_from" in s else " trained here |")
+        for name, s in stages.items())
     oracle, ceiling = (" · ".join(f"{k} {v:.2f}" for k, v in scores.items()
                                   if k not in ("unscored", "out_of_vocabulary"))
                        for scores in (card["oracle"], card["vae_reconstruction_oracle"]))
@@ -45,17 +47,31 @@ def model_card(card: dict) -> str:
         vae += f"; trained on {window} px windows that each hold a shape"
     reliance = " · ".join(f"{name} {r['text_change']:.2f} / {r['unet_error_increase']:+.0%}"
                           for name, r in card.get("attribute_reliance", {}).items())
-    return f"""# ShapesWorld base model
+    width = config.get("unet_width", 48)
+    reused = config.get("components_from", "")
+    command = f"python -m textcraftor.shapes.pretrain --out DIR --seed {config['seed']}"
+    if width != 48:
+        command += f" --unet-width {width}"
+    reuse = ""
+    if reused:
+        command += f" --components-from {card.get('components_from', reused)}"
+        reuse = (f"\n\nIts CLIP (and text encoder), tokenizer, VAE and aesthetic head are those of "
+                 f"`{card.get('components_from', reused)}` — linked, the same files, so one "
+                 f"text encoder drives both models; only the UNet was trained here.")
+    parameters = stages["unet"].get("parameters")
+    unet_size = (f"blocks of {width} and {2 * width} channels, {parameters / 1e6:.2f} M "
+                 f"parameters; " if parameters else "")
+    return f"""# ShapesWorld base model{f" ({card['preset']})" if card.get("preset") else ""}
 
 A miniature Stable Diffusion (SD v1.5's layout and classes) trained on ShapesWorld by
-`python -m textcraftor.shapes.pretrain --out DIR --seed {config['seed']}` in
-{card['minutes']} minutes on {config['threads']} CPU threads. Load it as the `shapes` preset.
+`{command}` in {card['minutes']} minutes on {config['threads']} CPU threads.
+{f"Load it as the `{card['preset']}` preset." if card.get("preset") else ""}{reuse}
 
 - **Data**: {card['data']}; captions from varied templates (`textcraftor.shapes.world`).
 - **Text encoder**: the text tower of a small CLIP (width {WIDTH}, 3 layers) trained
   contrastively{word_identity}; the whole CLIP is in `clip/` (CLIP-similarity reward).
 - **VAE**: {vae}.
-- **UNet**: ε-prediction on SD v1.5's scaled-linear schedule with offset noise
+- **UNet**: {unet_size}ε-prediction on SD v1.5's scaled-linear schedule with offset noise
   {config['offset_noise']}, min-SNR-{MIN_SNR_GAMMA:g} timestep weights,
   {1 + UNET_SHAPE_WEIGHT:g}× weight on the shapes' latent cells,
   {config['caption_dropout']:.0%} empty captions.
@@ -64,8 +80,8 @@ A miniature Stable Diffusion (SD v1.5's layout and classes) trained on ShapesWor
   {aesthetic['heldout_pearson']:.3f}, mean absolute error {aesthetic['heldout_mae']:.3f}.
 - **Weights**: fp16 safetensors; `checksums.json` holds their SHA-256.
 
-| stage | steps | seconds | first loss | last loss |
-|---|---|---|---|---|
+| stage | steps | seconds | first loss | last loss | |
+|---|---|---|---|---|---|
 {rows}
 
 **Oracle accuracy** of the base model on {config['eval_prompts']} single-shape prompts
@@ -83,8 +99,10 @@ UNet's ε-error on the shape's latent cells by: {reliance or "not measured"}.
 
 
 def write_checksums(out: Path) -> None:
-    """SHA-256 of every file the loaders read (weights, configs, tokenizer)."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in DOCUMENTS)
+    """SHA-256 of every file the loaders read (weights, configs, tokenizer), through linked
+    folders too (a ``--components-from`` model checks the files it shares)."""
+    files = sorted(Path(folder, name) for folder, _, names in os.walk(out, followlinks=True)
+                   for name in names if name not in DOCUMENTS)
     checksums = {str(p.relative_to(out)): sha256(p) for p in files}
     (out / "checksums.json").write_text(json.dumps(checksums, indent=2) + "\n")
 

@@ -9,6 +9,9 @@ from textcraftor.shapes.cells import LATENT_FACTOR
 
 IMAGE_SIZE = 64
 WIDTH = 64  # CLIP width = the UNet's cross-attention width
+# what --components-from reuses: the whole CLIP and its text tower, the tokenizer, the VAE and
+# the aesthetic head (the scheduler is written anew: it has no weights)
+REUSED_COMPONENTS = ("clip", "text_encoder", "tokenizer", "vae", "aesthetic", "card.json")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class PretrainConfig:
     eval_prompts: int = 64  # single-shape prompts for the base model's oracle accuracy
     eval_steps: int = 25  # DDIM steps at that evaluation
     threads: int = 2  # torch intra-op threads
+    unet_width: int = 48  # channels of the UNet's first block (its second has twice as many);
+    #   24 gives the shapes-s model, about 4× fewer parameters and multiply-adds; a multiple of 8
+    components_from: str = ""  # a pretrained folder whose CLIP, aesthetic head and VAE are
+    #   reused (stages 1–3 skipped; linked, not copied): a second UNet for the same text encoder
 
     def __post_init__(self) -> None:
         at_least = {"seed": 0, "clip_steps": 1, "vae_steps": 1, "unet_steps": 1,
@@ -46,6 +53,18 @@ class PretrainConfig:
             if value < least:
                 why = " (batch_size)" if name == "pool_size" else ""
                 raise ValueError(f"{name} must be an integer >= {least}{why}, got {value}")
+        if self.unet_width < 8 or self.unet_width % 8:
+            raise ValueError(f"unet_width must be a multiple of 8 (attention heads of 8 "
+                             f"channels), >= 8, got {self.unet_width}")
+        if self.components_from:
+            from pathlib import Path
+
+            folder = Path(self.components_from)
+            missing = [name for name in REUSED_COMPONENTS if not (folder / name).exists()]
+            if missing:
+                raise ValueError(f"components_from {self.components_from!r} lacks "
+                                 f"{', '.join(missing)}: give a folder written by this command "
+                                 f"(e.g. textcraftor/shapes/weights)")
         if not self.word_identity_weight >= 0:
             raise ValueError(f"word_identity_weight must be >= 0 (0 turns it off), "
                              f"got {self.word_identity_weight:g}")
