@@ -18,8 +18,9 @@ from textcraftor.configio import (
     require,
     require_choice,
 )
+from textcraftor.shapes_weights import is_shapes_preset
 
-PRESETS = ("tiny", "sd15-random", "shapes")
+PRESETS = ("tiny", "sd15-random", "shapes", "shapes-s")
 TRUNCATION_MODES = ("last_k", "random_k", "x0_shortcut", "direct")
 NO_GRAD_ENCODERS = ("original", "trainable")
 UNET_TRAINING = ("none", "full", "lora")
@@ -279,13 +280,13 @@ class RunConfig:
     config_root: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.model.source == "shapes":
+        if is_shapes_preset(self.model.source):
             for name in self.reward.active():
                 require(name in SHAPES_REWARDS or name in self.reward.sources,
-                        f"reward.weights.{name}", f"the shapes preset has rewards "
+                        f"reward.weights.{name}", f"the {self.model.source} preset has rewards "
                         f"{SHAPES_REWARDS} only (or set reward.sources.{name})")
         require(self.sample.truncation != "direct" or self.data.pairs is not None
-                or self.model.source == "shapes", "data.pairs",
+                or is_shapes_preset(self.model.source), "data.pairs",
                 "sample.truncation=direct needs image–caption pairs: 'shapes' or a folder of "
                 "images with same-name .txt captions")
         require(not self.eval.diversity or len(self.data.eval_seeds) >= 2, "data.eval_seeds",
@@ -309,7 +310,7 @@ class RunConfig:
     def oracle_on(self) -> bool:
         """Whether the evaluation reads images back with ShapesWorld's oracle (eval.oracle)."""
         return self.eval.oracle == "on" or (self.eval.oracle == "auto"
-                                            and self.model.source == "shapes")
+                                            and is_shapes_preset(self.model.source))
 
     def alignment_source(self) -> str:
         """The per-image score eval/alignment is: ``oracle_all`` or ``clip``."""

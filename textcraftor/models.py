@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from textcraftor.shapes_weights import shapes_folder
+from textcraftor.shapes_weights import is_shapes_preset, shapes_folder
 from textcraftor.sources_check import model_source_problem
 from textcraftor.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 from textcraftor.transformers_files import save_transformers_model
@@ -207,8 +207,8 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     if source == "tiny":
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         return str(build_tiny_preset(cache / f"tiny-{PRESET_VERSION}-0"))
-    if source == "shapes":
-        return str(shapes_folder())
+    if is_shapes_preset(source):
+        return str(shapes_folder(source))
     problem = model_source_problem(source)
     if problem is not None:
         raise FileNotFoundError(f"model.source {source!r}: {problem}")

@@ -17,6 +17,7 @@ from textcraftor.config import RewardConfig
 from textcraftor.rewards import Reward, RewardSource, load_reward, loss_scales
 from textcraftor.rewards.sources import check_local_paths
 from textcraftor.rewards.tiny import build_tiny_rewards
+from textcraftor.shapes_weights import is_shapes_preset
 
 
 class Objective(nn.Module):
@@ -89,8 +90,8 @@ def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Pat
 
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         preset = build_tiny_rewards(cache / f"tiny-rewards-{PRESET_VERSION}-0")
-    elif model_source == "shapes":
-        preset = shapes_rewards()
+    elif is_shapes_preset(model_source):
+        preset = shapes_rewards(model_source)
     sources: dict[str, RewardSource | None] = {}
     for name in config.active() if names is None else names:
         override = config.sources.get(name)
@@ -105,11 +106,12 @@ def reward_sources(config: RewardConfig, model_source: str, cache_dir: str | Pat
     return sources
 
 
-def shapes_rewards() -> dict[str, RewardSource]:
-    """ShapesWorld's rewards: the aesthetic head on its CLIP, and CLIP similarity."""
+def shapes_rewards(preset: str = "shapes") -> dict[str, RewardSource]:
+    """ShapesWorld's rewards: the aesthetic head on its CLIP, and CLIP similarity (the same
+    files for ``shapes`` and ``shapes-s``, which links to them)."""
     from textcraftor.shapes_weights import SHAPES_AESTHETIC_HEAD, SHAPES_CLIP, shapes_folder
 
-    folder = shapes_folder()
+    folder = shapes_folder(preset)
     clip = str(folder / SHAPES_CLIP)
     return {"aesthetic": RewardSource(str(folder / SHAPES_AESTHETIC_HEAD), backbone=clip),
             "clip": RewardSource(clip, backbone=str(folder / "tokenizer"))}

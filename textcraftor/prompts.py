@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from textcraftor.shapes_weights import is_shapes_preset
+
 if TYPE_CHECKING:
     from textcraftor.config import DataConfig
 
@@ -198,9 +200,9 @@ def run_prompts(data: DataConfig, model_source: str) -> list[Prompt]:
     """A run's prompts: ``data.prompts`` (ShapesWorld's captions by default for the shapes
     preset, else the bundled set); on the shapes preset, warns about prompts its oracle cannot
     score."""
-    source = data.prompts or (SHAPES_PROMPTS if model_source == "shapes" else None)
+    source = data.prompts or (SHAPES_PROMPTS if is_shapes_preset(model_source) else None)
     prompts = load_prompts(source, column=data.column)
-    if model_source == "shapes":
+    if is_shapes_preset(model_source):
         warn_unscorable(prompts)
     return prompts
 

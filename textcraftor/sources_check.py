@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from textcraftor.config import PRESETS, SHAPES_REWARDS, RunConfig
+from textcraftor.shapes_weights import is_shapes_preset
 
 HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")  # a hub repo id, owner/repo
 PROBE_TIMEOUT_S = 5.0  # the whole reachability probe, all hosts at once
@@ -48,7 +49,7 @@ ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
 # eval.lpips_trunk / eval.features = auto pick random networks for these (Evaluator's rule)
-RANDOM_EVAL_PRESETS = ("tiny", "shapes", "sd15-random")
+RANDOM_EVAL_PRESETS = ("tiny", "shapes", "shapes-s", "sd15-random")
 
 # Files a loader reads, each as alternatives (any one present will do), first = the usual one.
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -231,11 +232,11 @@ def plan_model(plan: Plan, config: RunConfig, prefix: str) -> None:
     slot = Slot(f"{prefix}model.source", m.source)
     if m.source in ("tiny", "sd15-random"):  # built here, from configs
         return
-    if m.source == "shapes":
+    if is_shapes_preset(m.source):
         from textcraftor.shapes_weights import shapes_folder  # every file's checksum, ~50 ms
 
         try:
-            shapes_folder()
+            shapes_folder(m.source)
         except FileNotFoundError as error:  # DamagedWeightsError: the message says how to rebuild
             plan.problems.append(Problem(slot, str(error)))
         return
@@ -274,11 +275,11 @@ def plan_rewards(plan: Plan, config: RunConfig, extra_rewards: Mapping[str, str]
         override = config.reward.sources.get(name)
         if override is None and (preset == "tiny" or config.reward.preset == "sd15-arch"):
             continue  # built here: tiny rewards, or real architectures with random weights
-        if override is None and preset == "shapes":
+        if override is None and is_shapes_preset(preset):
             if name not in SHAPES_REWARDS:
                 plan.problems.append(Problem(
                     Slot(field_, None, needed_by=needed_by),
-                    f"the shapes preset has rewards {', '.join(SHAPES_REWARDS)} only",
+                    f"the {preset} preset has rewards {', '.join(SHAPES_REWARDS)} only",
                     f"set {field_}.source (and .backbone) to real weights, or drop "
                     f"{needed_by}"))
             continue
