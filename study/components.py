@@ -160,7 +160,7 @@ def pipeline_config(base, spec: PipelineSpec, runs: Mapping[str, tuple[Path, Any
     """``base`` (the shared evaluation's run config) for ``spec``: its model.source, the UNet
     run's UNet mode and LoRA rank, no KID/FID (which needs each model's own reference images),
     no sample grid, a scratch output folder."""
-    model = replace(base.model, source=spec.model)
+    model = replace(base.model, source=spec.model, text_encoder_from=None)
     if spec.unet is not None and runs[spec.unet][1] is not None:
         tuned = runs[spec.unet][1].model
         model = replace(model, train_unet=tuned.train_unet, lora_rank=tuned.lora_rank)

@@ -121,3 +121,34 @@ def test_bad_parts_are_refused_before_any_model_loads(runs, tmp_path, capsys):
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_unet_stage_starts_from_a_tuned_text_encoder_and_keeps_it_frozen(runs, make_trainer,
+                                                                            tmp_path):
+    """model.text_encoder_from: the reference's UNet stage after a text-encoder run."""
+    import torch
+
+    from textcraftor.checkpoint import latest_checkpoint, load_checkpoint
+
+    te, _ = runs
+    tuned = load_checkpoint(latest_checkpoint(te)).weights["text_encoder"]
+    stage = make_trainer(*EVAL, "train.steps=1", "model.train_text_encoder=false",
+                         "model.train_unet=lora", "model.unet_lr=0.5",
+                         f"model.text_encoder_from={te}", f"output_dir={tmp_path / 'stage'}")
+    for name, weight in stage.pipeline.text_encoder.state_dict().items():
+        assert torch.equal(weight, tuned[name]), name
+    stage.fit()
+    for name, weight in stage.pipeline.text_encoder.state_dict().items():
+        assert torch.equal(weight, tuned[name]), name  # frozen through the UNet's step
+    # the sequential pipeline (its UNet with the encoder it was trained with) is the stage's
+    # own last evaluation; the components command assembles it from the two runs
+    table = compare_components([PipelineSpec("both", "tiny", text_encoder=te,
+                                             unet=str(stage.run_dir))], objectives=OBJECTIVES)
+    both = table["pipelines"][1]
+    assert both["name"] == "both"
+    assert both["table"]["per_seed"]["quality"] == own_evaluation(str(stage.run_dir), "quality")
+
+
+def test_a_missing_text_encoder_run_is_named_at_config_load(make_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"model.text_encoder_from: '/no/run': no such folder"):
+        make_config("model.text_encoder_from=/no/run")

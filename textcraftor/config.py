@@ -60,6 +60,8 @@ class ModelConfig:
     unet_lr: float = 1e-6  # learning rate of the UNet (or its LoRA)
     lora_rank: int = 4  # LoRA rank when train_unet=lora
     train_text_encoder: bool = True  # False freezes it (the reference's UNet stage)
+    text_encoder_from: str | None = None  # run or checkpoint folder whose tuned text encoder
+    #   replaces the base one at the start (e.g. the UNet stage after a text-encoder run)
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | fp16 | bf16
 
     def __post_init__(self) -> None:
@@ -70,6 +72,9 @@ class ModelConfig:
         require_choice(self.mixed_precision, "model.mixed_precision", MIXED_PRECISION)
         require(self.unet_lr > 0, "model.unet_lr", f"must be > 0, got {self.unet_lr}")
         require(self.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {self.lora_rank}")
+        require(self.text_encoder_from is None or Path(self.text_encoder_from).exists(),
+                "model.text_encoder_from", f"{self.text_encoder_from!r}: no such folder (give a "
+                "run folder or a checkpoint folder)")
         require(self.train_text_encoder or self.train_unet != "none", "model.train_text_encoder",
                 "nothing to train: text encoder frozen and train_unet=none")
 

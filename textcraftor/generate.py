@@ -119,8 +119,8 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[i
     return config, checkpoint, seeds
 
 
-def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: str
-                          ) -> str | None:
+def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: str,
+                          option: str = "--text-encoder-from") -> str | None:
     """Put the tuned text encoder of another run (``--text-encoder-from``) into ``pipeline``,
     after ``textcraftor.transfer.check_text_encoder_fits`` (ConfigError naming both models);
     returns that run's model source (None when its folder gives none)."""
@@ -131,7 +131,7 @@ def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: st
     checkpoint, run_config = resolve_checkpoint(run_or_checkpoint)
     weights = load_checkpoint(checkpoint).weights.get("text_encoder")
     source = run_config.model.source if run_config is not None else None
-    where = f"--text-encoder-from {run_or_checkpoint} (model.source={source or 'unknown'})"
+    where = f"{option} {run_or_checkpoint} (model.source={source or 'unknown'})"
     if weights is None:
         raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder")
     source_tokenizer = (load_tokenizer(source, run_config.model.cache_dir,

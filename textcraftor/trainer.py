@@ -93,6 +93,12 @@ class TextCraftor:
             check_reward_sources(config.reward)
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision,
                                                    self.device)).to(self.device)
+        if m.text_encoder_from:  # a tuned encoder to start from (checked against the tower)
+            from textcraftor.generate import transfer_text_encoder
+
+            transfer_text_encoder(self.pipeline, m.text_encoder_from, m.source,
+                                  "model.text_encoder_from")
+            self.pipeline.text_encoder.train()
         set_vae_checkpointing(self.pipeline.vae, config.sample.vae_checkpointing)
         self.objective = (objective or build_objective(config.reward, m.source, m.cache_dir,
                                                        self.device)).to(self.device)
