@@ -180,45 +180,6 @@ def dials(table, objectives: list[str] | tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def model_size(study: StudyRuns) -> pd.DataFrame:
-    """Per model: parameter count (from the baseline), the baseline's and the best trial's
-    quality and diversity, and the gain."""
-    rows = []
-    for model, group in study.runs.groupby("model", dropna=False):
-        base = group[group["kind"] == "baseline"]
-        done = group[(group["kind"] == "trial") & (group["status"] == "FINISHED")]
-        best = done.sort_values("quality").iloc[-1] if "quality" in done and len(done) else None
-        base_q = float(base["quality"].iloc[0]) if "quality" in base and len(base) else math.nan
-        params = (float(base["model/unet_params"].iloc[0] + base["model/text_encoder_params"]
-                        .iloc[0]) if {"model/unet_params", "model/text_encoder_params"}
-                  <= set(base.columns) and len(base) else math.nan)
-        rows.append({"model": model, "parameters": params, "trials": len(done),
-                     "baseline_quality": base_q,
-                     "best_quality": float(best["quality"]) if best is not None else math.nan,
-                     "best_diversity": float(best["diversity"]) if best is not None
-                     and "diversity" in best else math.nan})
-    table = pd.DataFrame(rows)
-    table["quality_gain"] = table["best_quality"] - table["baseline_quality"]
-    return table.sort_values("parameters", ignore_index=True)
-
-
-def model_size_reading(table: pd.DataFrame) -> str:
-    """Open question 3: how results change with model size."""
-    if len(table) < 2:
-        row = table.iloc[0] if len(table) else None
-        named = f"`{row['model']}` ({_fmt(row['parameters'])} parameters)" if row is not None \
-            else "none"
-        return (f"Only one model size in this store: {named}; its best trial gains "
-                f"{_fmt(row['quality_gain'] if row is not None else None)} quality over the "
-                "baseline. Run the same study with another `base.model.source` (e.g. "
-                "`study/configs/sd15.yaml`) into this experiment to compare sizes.")
-    small, large = table.iloc[0], table.iloc[-1]
-    return (f"{len(table)} model sizes. The smallest (`{small['model']}`, "
-            f"{_fmt(small['parameters'])} parameters) gains {_fmt(small['quality_gain'])} "
-            f"quality over its baseline; the largest (`{large['model']}`, "
-            f"{_fmt(large['parameters'])}) gains {_fmt(large['quality_gain'])}.")
-
-
 def prompt_vs_direct(table: pd.DataFrame) -> str:
     """What ``python -m study.compare_modes``'s table (``comparison.json``, indexed by mode, with
     a ``base`` row) says, computed from it."""
