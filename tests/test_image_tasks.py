@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from textcraftor.image_tasks.scores import inpaint_scores, recolour_scores
 from textcraftor.image_tasks.table import score_rows
 from textcraftor.shapes.world import SIZES, Scene, ShapeSpec, parse_prompt, shape_box
 
+REPO = Path(__file__).resolve().parents[1]
 STEPS = 4  # DDIM steps of a whole chain in these tests (the command's default is 10)
 
 
@@ -201,7 +203,10 @@ def test_paired_gain_is_zero_when_both_encoders_are_the_same():
     assert better[1]["verdict"] == "better" and better[1]["direction"] == "min"
 
 
-def test_the_command_with_the_base_encoder_as_tuned_gives_zero_gains(shapes, tmp_path):
+@pytest.fixture(scope="module")
+def command_out(shapes, tmp_path_factory):
+    """What the command writes when the "tuned" encoder is the base one (2 items × 2 seeds)."""
+    tmp_path = tmp_path_factory.mktemp("image_tasks")
     folder = save_checkpoint(tmp_path / "run", 1, {
         "text_encoder": shapes.original_text_encoder.state_dict()})
     out = tmp_path / "out"
@@ -209,8 +214,12 @@ def test_the_command_with_the_base_encoder_as_tuned_gives_zero_gains(shapes, tmp
                      "--strengths", "0.5", "--num-steps", str(STEPS), "--batch-size", "3",
                      "--out", str(out)])
     assert code == 0
-    recolour = json.loads((out / "recolour.json").read_text())
-    painted = json.loads((out / "inpaint.json").read_text())
+    return out
+
+
+def test_the_command_with_the_base_encoder_as_tuned_gives_zero_gains(command_out):
+    recolour = json.loads((command_out / "recolour.json").read_text())
+    painted = json.loads((command_out / "inpaint.json").read_text())
     assert [s["strength"] for s in recolour["settings"]] == [0.5]
     assert recolour["settings"][0]["denoising_steps"] == 2
     for data in (recolour, painted):
@@ -220,8 +229,33 @@ def test_the_command_with_the_base_encoder_as_tuned_gives_zero_gains(shapes, tmp
         for row in setting["rows"]:
             assert row["gain"] == row["gain_ci_low"] == row["gain_ci_high"] == 0.0, row
             assert (row["num_items"], row["num_seeds"]) == (2, 2)
-        assert (out / setting["grid"]).is_file()
+        assert (command_out / setting["grid"]).is_file()
     assert painted["settings"][0]["reference"]["vae_round_trip_outside_change"] > 0
+
+
+def test_notebook_07_reads_the_tables_and_ends_with_a_computed_reading(command_out, tmp_path):
+    import nbformat
+    import papermill
+
+    from analysis.image_tasks import load_tables, reading
+
+    table = load_tables(command_out)
+    assert set(table["task"]) == {"recolour", "inpaint"} and (table["gain"] == 0).all()
+    assert "0 are better with the tuned encoder, 0 worse and 8 indistinguishable" in reading(
+        table)
+    better = table.assign(verdict="better", gain=0.1)
+    assert "carries over to these tasks" in reading(better)
+    notebook = REPO / "analysis" / "notebooks" / "07_other_tasks.ipynb"
+    papermill.execute_notebook(str(notebook), str(tmp_path / "07.ipynb"), kernel_name="python3",
+                               parameters={"out": str(command_out)}, cwd=str(REPO),
+                               progress_bar=False)
+    cells = nbformat.read(tmp_path / "07.ipynb", as_version=4).cells
+    outputs = [o for c in cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "No measurable difference at this N" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    with pytest.raises(FileNotFoundError, match="python -m textcraftor.image_tasks"):
+        load_tables(tmp_path / "nothing")
 
 
 # ------------------------------------------------------------------------- bad input
