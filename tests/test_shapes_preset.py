@@ -285,3 +285,48 @@ def test_compare_modes_trains_both_and_the_notebook_reads_the_table(tmp_path, ru
     assert reading and "direct" in reading[0]["data"]["text/markdown"]
     assert f"{rows['direct']['aesthetic']:.3f}" in reading[0]["data"]["text/markdown"]
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+
+
+def test_shapes_s_shares_the_text_encoder_vae_and_rewards_with_a_unet_4x_smaller():
+    from textcraftor.config import PRESETS
+    from textcraftor.objective import shapes_rewards
+    from textcraftor.shapes_weights import SHAPES_S_WEIGHTS
+
+    assert "shapes-s" in PRESETS
+    small, large = load_pipeline("shapes-s"), load_pipeline("shapes")
+    for part in ("text_encoder", "vae"):
+        mine, theirs = getattr(small, part).state_dict(), getattr(large, part).state_dict()
+        assert all(torch.equal(w, theirs[n]) for n, w in mine.items()), part
+    assert small.tokenizer.get_vocab() == large.tokenizer.get_vocab()
+    ratio = (sum(p.numel() for p in large.unet.parameters())
+             / sum(p.numel() for p in small.unet.parameters()))
+    assert 3 < ratio < 5, ratio
+    assert {k: (v.source, v.backbone) for k, v in shapes_rewards("shapes-s").items()} == {
+        k: (v.source.replace("weights/", "weights-s/"),
+            v.backbone.replace("weights/", "weights-s/"))
+        for k, v in shapes_rewards("shapes").items()}
+    # the UNet and the card are its own files; the rest are links to the shapes model's
+    own = sum(f.stat().st_size for f in SHAPES_S_WEIGHTS.rglob("*")
+              if f.is_file() and not f.is_symlink())
+    assert own <= 10 * 2**20, f"shapes-s adds {own / 2**20:.1f} MiB"
+    config = load_run_config(None, ["model.source=shapes-s"])
+    assert config.oracle_on() and config.alignment_source() == "oracle_all"
+
+
+def test_shapes_s_checks_the_shared_files_through_its_links(tmp_path, monkeypatch):
+    from textcraftor.shapes_weights import SHAPES_S_WEIGHTS
+
+    shared = tmp_path / "weights"
+    shutil.copytree(SHAPES_WEIGHTS, shared)
+    small = tmp_path / "weights-s"
+    shutil.copytree(SHAPES_S_WEIGHTS, small, symlinks=True)  # links stay relative: ../weights
+    monkeypatch.setenv("TEXTCRAFTOR_SHAPES_S_WEIGHTS", str(small))
+    assert shapes_folder("shapes-s") == small
+    target = shared / "text_encoder" / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DamagedWeightsError) as error:
+        load_pipeline("shapes-s")
+    assert "text_encoder/model.safetensors" in str(error.value)
+    assert "--unet-width 24 --components-from" in str(error.value)

@@ -89,7 +89,7 @@ def test_sweep_with_a_missing_model_folder_stops_before_ray(tmp_path, run_module
     assert "Traceback" not in result.stderr
     assert "error: 6 weight source(s) cannot be used" in result.stderr
     assert ("base.model.source = '/nonexistent': no such folder, and not a preset (tiny, "
-            "sd15-random, shapes) or hub id") in result.stderr
+            "sd15-random, shapes, shapes-s) or hub id") in result.stderr
     # the real rewards a non-preset model falls back to, and the evaluation's networks
     for named in ("base.reward.sources.aesthetic.source = 'trl-lib/ddpo-aesthetic-predictor:"
                   "aesthetic-model.pth' (default; needed by base.reward.weights.aesthetic)",
@@ -121,8 +121,8 @@ def test_train_with_a_missing_model_folder_stops_before_any_model_loads(tmp_path
     assert lines[lines.index("error: 4 weight source(s) cannot be used (checked before any "
                              "model loads):") + 1:] == [
         "model.source = '/nonexistent': no such folder, and not a preset (tiny, sd15-random, "
-        "shapes) or hub id; give an existing diffusers folder (with unet/), a preset (tiny, "
-        "sd15-random, shapes) or a hub id owner/repo",
+        "shapes, shapes-s) or hub id; give an existing diffusers folder (with unet/), a preset "
+        "(tiny, sd15-random, shapes, shapes-s) or a hub id owner/repo",
         "reward.sources.aesthetic.source = '/nope/head.pth' (needed by reward.weights.aesthetic):"
         " no such file: /nope/head.pth; fix the path",
         "reward.sources.aesthetic.backbone = '/nope/tower' (needed by reward.weights.aesthetic):"

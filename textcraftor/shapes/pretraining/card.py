@@ -54,7 +54,7 @@ def model_card(card: dict) -> str:
         command += f" --unet-width {width}"
     reuse = ""
     if reused:
-        command += f" --components-from {card.get('components_from', reused)}"
+        command += f" --components-from {reused}"
         reuse = (f"\n\nIts CLIP (and text encoder), tokenizer, VAE and aesthetic head are those of "
                  f"`{card.get('components_from', reused)}` — linked, the same files, so one "
                  f"text encoder drives both models; only the UNet was trained here.")
