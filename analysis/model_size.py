@@ -5,7 +5,8 @@ Every gain is measured against the untuned model *of the same size* on the same 
 prompts and seeds: each sweep's ``summary.json`` pairs its trials with its own baseline
 (``study.paired``). Per base model and objective the table gives the best trial's paired gain
 with its 95 % interval, the mean gain over the finished trials with a 95 % bootstrap interval
-over trials (``textcraftor.bootstrap.nested_interval``), how many trials were better / worse,
+over trials (``textcraftor.bootstrap.nested_interval``; the trials share their held-out
+prompts, so it is the spread over the configurations, not over prompts), how many trials were better / worse,
 and the cost of a training step. No model runs here: MLflow only.
 """
 
@@ -126,7 +127,7 @@ def size_reading(table: pd.DataFrame) -> str:
         for _, row in rows.iterrows():
             parts.append(f"{row['objective']}: best trial ({row['best_trial']}) "
                          f"{_interval(row['best_gain'], row['best_ci_low'], row['best_ci_high'])}"
-                         f" ({row['best_verdict']}), mean over trials "
+                         f" ({row['best_verdict']}), mean over the trials "
                          f"{_interval(row['mean_gain'], row['mean_ci_low'], row['mean_ci_high'])}"
                          f", {int(row['better'])} better / {int(row['worse'])} worse")
         lines.append(" ".join(parts[:1]) + " " + "; ".join(parts[1:]) + ".")
@@ -137,7 +138,9 @@ def size_reading(table: pd.DataFrame) -> str:
     quality = table[table["objective"] == "quality"]
     helped = [r["model"] for _, r in quality.iterrows()
               if math.isfinite(r["best_ci_low"]) and r["best_ci_low"] > 0]
-    lines.append("\nGains are paired against each size's own untuned model (95 % intervals). "
+    lines.append("\nGains are paired against each size's own untuned model (95 % intervals "
+                 "over prompts and seeds; the mean's is over the trials, which share their "
+                 "prompts). The best of several trials is an optimistic estimate. "
                  f"The best trial's quality gain excludes 0 for "
                  f"{', '.join(f'`{m}`' for m in helped) if helped else 'no size'} of "
                  f"{len(models)}.")
