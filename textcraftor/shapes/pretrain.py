@@ -74,7 +74,7 @@ def pretrain(config: PretrainConfig) -> Path:
         source = Path(config.components_from).resolve()
         link_components(out, source)
         tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
-        clip, head, vae, stats = load_components(source)
+        clip, head, vae, stats = load_components(source, out)
         clip_stats, aesthetic_stats, vae_stats = (stats[name] for name in REUSED_STAGES)
     else:
         tokenizer = build_clip_tokenizer(out / "tokenizer")

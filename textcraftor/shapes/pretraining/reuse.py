@@ -34,14 +34,17 @@ def link_components(out: Path, source: Path) -> None:
         link.symlink_to(os.path.relpath(source / name, out), target_is_directory=True)
 
 
-def load_components(source: Path) -> tuple[CLIPModel, AestheticHead, AutoencoderKL, dict]:
+def load_components(source: Path, out: Path
+                    ) -> tuple[CLIPModel, AestheticHead, AutoencoderKL, dict]:
     """The CLIP, aesthetic head and VAE of ``source`` in fp32, frozen, and the stage records of
-    its card (each marked ``reused_from``)."""
+    its card (each marked ``reused_from``: ``source`` relative to the new folder ``out``, as
+    its links are)."""
     clip = CLIPModel.from_pretrained(source / SHAPES_CLIP, dtype=torch.float32)
     head = load_aesthetic_head(source / SHAPES_AESTHETIC_HEAD)
     vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=torch.float32)
     for module in (clip, head, vae):
         module.eval().requires_grad_(False)
     stages = json.loads((source / "card.json").read_text())["stages"]
-    reused = {name: {**stages[name], "reused_from": str(source)} for name in REUSED_STAGES}
+    where = os.path.relpath(source.resolve(), out.resolve())
+    reused = {name: {**stages[name], "reused_from": where} for name in REUSED_STAGES}
     return clip, head, vae, reused
