@@ -6,13 +6,12 @@ prompts and seeds: each sweep's ``summary.json`` pairs its trials with its own b
 (``study.paired``). Per base model and objective the table gives the best trial's paired gain
 with its 95 % interval, the mean gain over the finished trials with a 95 % bootstrap interval
 over trials (``textcraftor.bootstrap.nested_interval``; the trials share their held-out
-prompts, so it is the spread over the configurations, not over prompts), how many trials were better / worse,
-and the cost of a training step. No model runs here: MLflow only.
+prompts, so it is the spread over the configurations, not over prompts), how many trials
+were better / worse, and the cost of a training step. No model runs here: MLflow only.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from statistics import median
@@ -20,27 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.runs import StudyRuns, download
-from study.tags import KIND_TAG, SWEEP_TAG
+from analysis.runs import StudyRuns, sweep_summaries
 from textcraftor.bootstrap import nested_interval
-
-
-def sweep_summaries(study: StudyRuns) -> dict[str, dict]:
-    """{sweep name: its ``summary.json``} for every sweep of the study that logged one (the
-    newest summary when a sweep logged several)."""
-    client = study.client()
-    experiment = client.get_experiment_by_name(study.experiment)
-    names = set(study.runs["sweep"].dropna())
-    found: dict[str, dict] = {}
-    for parent in client.search_runs([experiment.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
-                                     order_by=["attributes.start_time DESC"]):
-        name = parent.data.tags.get(SWEEP_TAG)
-        if name not in names or name in found:
-            continue
-        if "summary.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]:
-            found[name] = json.loads(download(client, parent.info.run_id,
-                                              "summary.json").read_text())
-    return found
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]], objectives: Sequence[str]

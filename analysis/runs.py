@@ -189,19 +189,28 @@ def download(client: MlflowClient, run_id: str, path: str, into: Path | None = N
     return Path(client.download_artifacts(run_id, path, str(into)))
 
 
-def sweep_summary(study: StudyRuns) -> dict | None:
-    """The ``summary.json`` the newest sweep among the study's runs logged to its parent run
-    (trials with their time parts, the overhead, the front), or None when none was logged."""
+def sweep_summaries(study: StudyRuns) -> dict[str, dict]:
+    """{sweep name: its ``summary.json``} for every sweep among the study's runs that logged one
+    to its parent run (the newest summary when a sweep logged several), newest sweep first."""
     client = study.client()
     experiment = client.get_experiment_by_name(study.experiment)
-    names = sorted(set(study.runs["sweep"].dropna()))
-    parents = [r for r in client.search_runs(
-        [experiment.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
-        order_by=["attributes.start_time DESC"]) if r.data.tags.get(SWEEP_TAG) in names]
-    for parent in parents:
+    names = set(study.runs["sweep"].dropna())
+    found: dict[str, dict] = {}
+    for parent in client.search_runs([experiment.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"]):
+        name = parent.data.tags.get(SWEEP_TAG)
+        if name not in names or name in found:
+            continue
         if "summary.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]:
-            return json.loads(download(client, parent.info.run_id, "summary.json").read_text())
-    return None
+            found[name] = json.loads(download(client, parent.info.run_id,
+                                              "summary.json").read_text())
+    return found
+
+
+def sweep_summary(study: StudyRuns) -> dict | None:
+    """The ``summary.json`` the newest sweep among the study's runs logged (trials with their
+    time parts, the overhead, the front), or None when none was logged."""
+    return next(iter(sweep_summaries(study).values()), None)
 
 
 @dataclass(frozen=True)

@@ -73,18 +73,18 @@ def pretrain(config: PretrainConfig) -> Path:
     if config.components_from:  # stages 1–3 reused: only the UNet is trained
         source = Path(config.components_from).resolve()
         link_components(out, source)
-        tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+        tokens = PromptTokenizer(CLIPTokenizer.from_pretrained(out / "tokenizer"))
         clip, head, vae, stats = load_components(source, out)
         clip_stats, aesthetic_stats, vae_stats = (stats[name] for name in REUSED_STAGES)
     else:
-        tokenizer = build_clip_tokenizer(out / "tokenizer")
+        tokens = PromptTokenizer(build_clip_tokenizer(out / "tokenizer"))
         # disjoint item ranges per stage: the stages see different samples of the world
-        clip, clip_stats = train_clip(config, clock, PromptTokenizer(tokenizer),
+        clip, clip_stats = train_clip(config, clock, tokens,
                                       batches(dataset, config.batch_size, 0))
         head, aesthetic_stats = train_aesthetic(config, clock, clip, dataset)
         vae, vae_stats = train_vae(config, clock,
                                    batches(dataset, config.vae_batch_size, 10**8))
-    tokens = PromptTokenizer(tokenizer)
+    tokenizer = tokens.tokenizer
     text_encoder = text_encoder_of(clip)
     scheduler = sd15_scheduler()
 
