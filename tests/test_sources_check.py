@@ -333,7 +333,7 @@ def test_the_sweep_checks_its_quality_and_searched_rewards_too(tmp_path, monkeyp
         check_model_weights(study)
     assert [str(p) for p in caught.value.problems] == [
         "base.reward.sources.pickscore (needed by objectives.quality_weights.pickscore): the "
-        "shapes preset has rewards aesthetic, clip only; set base.reward.sources.pickscore."
+        "shapes preset has rewards aesthetic, clip, oracle only; set base.reward.sources.pickscore."
         "source (and .backbone) to real weights, or drop objectives.quality_weights.pickscore"]
     # a searched weight the preset lacks is refused when the study loads, at the value drawn
     with pytest.raises(ConfigError, match=r"search.reward.weights.hpsv2.high: 1.0 is refused by "

@@ -27,7 +27,10 @@ UNET_TRAINING = ("none", "full", "lora")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # Differentiable rewards; "clip" is the CLIP text-image constraint, weighted by λ.
 QUALITY_REWARDS = ("aesthetic", "pickscore", "hpsv2", "hpsv2.1")
-SHAPES_REWARDS = ("aesthetic", "clip")  # what the ShapesWorld preset ships
+SHAPES_REWARDS = ("aesthetic", "clip", "oracle")  # what the ShapesWorld preset ships
+# rewards with no gradient (the ShapesWorld oracle's 0/1 all-attribute accuracy): trained with
+# sample.truncation=policy_gradient only, on the shapes presets only
+NO_GRADIENT_REWARDS = ("oracle",)
 # reward.preset: "auto" follows model.source (tiny, shapes: their own rewards; else the real
 # checkpoints); "sd15-arch": every reward's real architecture with random weights (nothing fetched)
 REWARD_PRESETS = ("auto", "sd15-arch")
@@ -159,14 +162,17 @@ class RewardConfig:
         object.__setattr__(self, "sources", _frozen_mapping(self.sources))
         require_finite("reward", self)
         for name, weight in self.weights.items():
-            require_choice(name, "reward.weights", QUALITY_REWARDS)
+            require_choice(name, "reward.weights", (*QUALITY_REWARDS, *NO_GRADIENT_REWARDS))
             require(weight >= 0, f"reward.weights.{name}", f"must be >= 0, got {weight}")
         require(self.clip_constraint >= 0, "reward.clip_constraint",
                 f"must be >= 0, got {self.clip_constraint}")
         require(any(w > 0 for w in self.active().values()), "reward.weights",
                 "all weights are zero (clip_constraint too): nothing to optimise")
-        for name in (*self.scales, *self.sources):
-            require_choice(name, "reward.scales/sources", (*QUALITY_REWARDS, "clip"))
+        for name in self.scales:
+            require_choice(name, "reward.scales", (*QUALITY_REWARDS, "clip",
+                                                   *NO_GRADIENT_REWARDS))
+        for name in self.sources:
+            require_choice(name, "reward.sources", (*QUALITY_REWARDS, "clip"))
         require_choice(self.preset, "reward.preset", REWARD_PRESETS)
         require_choice(self.dtype, "reward.dtype", REWARD_DTYPES)
 
@@ -176,6 +182,31 @@ class RewardConfig:
         if self.clip_constraint > 0:
             weights["clip"] = self.clip_constraint
         return weights
+
+
+@dataclass(frozen=True)
+class PolicyGradientConfig:
+    """sample.truncation=policy_gradient: DDPO's PPO update (Black et al. 2023, DDPO_IS with
+    clipping) on the text encoder; the defaults are DDPO's."""
+
+    clip_range: float = 1e-4  # ε of the clipped ratio clip(r, 1−ε, 1+ε) (DDPO: 1e-4)
+    adv_clip_max: float = 5.0  # advantages clipped to [−max, max] after normalisation
+    timestep_fraction: float = 1.0  # fraction of the T steps trained per sampled batch (a
+    #                                 random subset, drawn per micro-batch; at least one step)
+    samples_per_prompt: int = 4  # images per prompt per micro-batch (each its own seed), so
+    #                              the per-prompt reward mean and std exist
+    ppo_epochs: int = 1  # inner updates (optimizer steps) on each sampled batch
+
+    def __post_init__(self) -> None:
+        require_finite("policy", self)
+        require(self.clip_range > 0, "policy.clip_range", f"must be > 0, got {self.clip_range}")
+        require(self.adv_clip_max > 0, "policy.adv_clip_max",
+                f"must be > 0, got {self.adv_clip_max}")
+        require(0 < self.timestep_fraction <= 1, "policy.timestep_fraction",
+                f"must be in (0, 1], got {self.timestep_fraction}")
+        require(self.samples_per_prompt >= 1, "policy.samples_per_prompt",
+                f"must be >= 1, got {self.samples_per_prompt}")
+        require(self.ppo_epochs >= 1, "policy.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
 
 
 @dataclass(frozen=True)
@@ -279,6 +310,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)  # prompts
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
     eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation metrics
+    policy: PolicyGradientConfig = field(  # sample.truncation=policy_gradient's PPO update
+        default_factory=PolicyGradientConfig)
     output_dir: str = "runs/textcraftor"  # run folder: config.json, metrics.jsonl, checkpoints
     # its checks name fields relative to it (sample.eta); nested, e.g. as a study's base, the
     # errors get the nesting path in front (base.sample.eta)
@@ -290,6 +323,7 @@ class RunConfig:
                 require(name in SHAPES_REWARDS or name in self.reward.sources,
                         f"reward.weights.{name}", f"the {self.model.source} preset has rewards "
                         f"{SHAPES_REWARDS} only (or set reward.sources.{name})")
+        self._check_policy_gradient()
         require(self.sample.truncation != "direct" or self.data.pairs is not None
                 or is_shapes_preset(self.model.source), "data.pairs",
                 "sample.truncation=direct needs image–caption pairs: 'shapes' or a folder of "
@@ -307,6 +341,30 @@ class RunConfig:
         require(not self.eval.distribution or self.eval.reference_dir or images >= 2,
                 "data.heldout_count", f"eval.distribution (KID/FID) needs at least 2 evaluation "
                 f"images; heldout_count × eval_seeds gives {images}")
+
+    def _check_policy_gradient(self) -> None:
+        """A reward without gradient trains by policy gradient only, on ShapesWorld only; the
+        policy section applies to policy_gradient only."""
+        truncation = self.sample.truncation
+        for name in NO_GRADIENT_REWARDS:
+            if name not in self.reward.active():
+                continue
+            require(is_shapes_preset(self.model.source), f"reward.weights.{name}",
+                    f"the ShapesWorld oracle's accuracy is a reward of the shapes presets only "
+                    f"(model.source={self.model.source})")
+            require(truncation == "policy_gradient", f"reward.weights.{name}",
+                    f"has no gradient: it trains with sample.truncation=policy_gradient only "
+                    f"(got sample.truncation={truncation}; set it to policy_gradient, or the "
+                    f"weight to 0)")
+        if truncation == "policy_gradient":
+            return
+        defaults = PolicyGradientConfig()
+        for f in dataclasses.fields(PolicyGradientConfig):
+            value = getattr(self.policy, f.name)
+            require(value == getattr(defaults, f.name), f"policy.{f.name}",
+                    f"{value!r} applies to sample.truncation=policy_gradient only; this run's "
+                    f"estimator is {truncation} (remove it, or set "
+                    f"sample.truncation=policy_gradient)")
 
     def held_out_split_seed(self) -> int:
         """The seed of the train / held-out prompt split: data.split_seed, else train.seed."""
@@ -346,6 +404,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "PolicyGradientConfig",
     "RewardConfig",
     "RewardSourceConfig",
     "RunConfig",

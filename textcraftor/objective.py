@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from textcraftor.config import RewardConfig
+from textcraftor.config import NO_GRADIENT_REWARDS, RewardConfig
 from textcraftor.rewards import Reward, RewardSource, load_reward, loss_scales
 from textcraftor.rewards.sources import check_local_paths
 from textcraftor.rewards.tiny import build_tiny_rewards
@@ -137,8 +137,10 @@ def build_rewards(config: RewardConfig, model_source: str, cache_dir: str | Path
     architectures with random weights, built directly on ``device``), then ``reward_sources``."""
     names = list(config.active() if names is None else names)
     dtype = REWARD_TORCH_DTYPES[config.dtype]
-    arch = [n for n in names if config.preset == "sd15-arch" and n not in config.sources]
-    rewards: dict[str, Reward] = {}
+    rewards: dict[str, Reward] = {name: load_reward(name, device=device)
+                                  for name in names if name in NO_GRADIENT_REWARDS}
+    arch = [n for n in names if config.preset == "sd15-arch" and n not in config.sources
+            and n not in rewards]
     if arch:
         from textcraftor.models import default_cache_dir
         from textcraftor.rewards.architectures import build_sd15_arch_rewards

@@ -26,6 +26,7 @@ from textcraftor.limits import check_model_limits
 from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.objective import Objective, build_objective, build_rewards, check_reward_sources
 from textcraftor.pairs import SHAPES_PAIRS, load_pairs
+from textcraftor.policy_gradient import PolicyGradient
 from textcraftor.prompts import PromptSampler, run_prompts, split_prompts
 from textcraftor.replicas import Replicas, from_first_rank
 from textcraftor.run_folder import RunFolder
@@ -120,6 +121,11 @@ class TextCraftor:
                                       self._autocast)
         self.last_eval: EvalResult | None = None  # the last evaluation (rank 0), at:
         self.last_eval_step = -1
+        self.policy = None  # sample.truncation=policy_gradient: DDPO's rollouts and PPO loss
+        if config.sample.truncation == "policy_gradient":
+            self.policy = PolicyGradient(self.pipeline, self.objective, self.tokens,
+                                         self.empty_ids, config.sample, config.policy,
+                                         self.latent_shape, self.device, self._autocast)
 
     def _autocast(self):
         return autocast(self.device, self.autocast)
@@ -176,6 +182,8 @@ class TextCraftor:
     def train_step(self, step: int) -> dict[str, float]:
         """Gradient accumulation over micro-batches, clipping, one AdamW step; returns metrics."""
         t, s = self.config.train, self.config.sample
+        if self.policy is not None:
+            return self.policy_gradient_step(step)
         started = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         ks = []
@@ -209,6 +217,50 @@ class TextCraftor:
         # the K this step drew (random_k / x0_shortcut draw it; mean over accumulated batches):
         # a metric name no config path can take, unlike the searched sample.k
         return {**metrics, "train/k_drawn": sum(ks) / len(ks), "step_s": elapsed,
+                "images_per_s": images / elapsed}
+
+    def policy_gradient_step(self, step: int) -> dict[str, float]:
+        """sample.truncation=policy_gradient (``textcraftor.policy_gradient``): roll out every
+        micro-batch with the current encoder, no gradient (each prompt policy.samples_per_prompt
+        times, each image its own seed); normalise the rewards per prompt; then
+        policy.ppo_epochs optimizer steps, each back-propagating the clipped surrogate at a
+        random subset of the chain's steps of every micro-batch. Metrics are the last epoch's,
+        with the rollouts' rewards."""
+        t, p = self.config.train, self.config.policy
+        started = time.perf_counter()
+        rollouts = []
+        for micro in range(t.grad_accum):
+            index = (step - 1) * t.grad_accum + micro
+            prompts = [q.text for q in self.prompt_sampler.batch(index)
+                       for _ in range(p.samples_per_prompt)]
+            seeds = noise_seeds(t.seed, step, micro, self.rank, count=len(prompts))
+            rollouts.append(self.policy.rollout(prompts, seeds))
+        self.policy.normalise(rollouts)
+        rewards = {name: torch.cat([r.scores[name] for r in rollouts]).mean()
+                   for name in rollouts[0].scores}
+        for epoch in range(p.ppo_epochs):
+            sums: dict[str, torch.Tensor] = {}
+            counts = []
+            for micro, rollout in enumerate(rollouts):
+                rng = random.Random(f"pg:{t.seed}:{step}:{micro}:{epoch}:{self.rank}")
+                chosen = self.policy.steps(rollout, rng)
+                counts.append(len(chosen))
+                for i in chosen:  # one backward per step: one UNet call's activations at once
+                    loss, stats = self.policy.step_loss(rollout, i)
+                    if step == t.inject_nan_at:
+                        loss = loss * float("nan")
+                    share = t.grad_accum * len(chosen)
+                    self.scaler.scale(loss / share).backward()
+                    for name, value in {"loss": loss, **stats}.items():
+                        sums[name] = sums.get(name, 0) + value.detach().float() / share
+            metrics = apply_update(step, {**sums, **rewards}, self.optimizer, self.scaler,
+                                   self.replicas, t.max_grad_norm, self._last_checkpoint)
+        elapsed = time.perf_counter() - started
+        metrics = {("train/" + k if k not in ("loss", "grad_norm") and "/" not in k else k): v
+                   for k, v in metrics.items()}
+        images = sum(len(r.prompts) for r in rollouts) * self.world_size
+        # train/k_drawn: the chain steps trained per micro-batch (policy.timestep_fraction·T)
+        return {**metrics, "train/k_drawn": sum(counts) / len(counts), "step_s": elapsed,
                 "images_per_s": images / elapsed}
 
     # --- evaluation ------------------------------------------------------------------------

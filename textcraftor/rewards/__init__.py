@@ -11,6 +11,7 @@ from .aesthetic import AestheticHead, AestheticReward, load_aesthetic
 from .base import Reward
 from .clip_similarity import ClipSimilarityReward, load_clip_similarity
 from .hps import HPSReward, load_hps
+from .oracle import OracleReward
 from .pickscore import PickScoreReward, load_pickscore
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, to_clip_pixels
 from .sources import RewardSource, check_local_paths
@@ -40,6 +41,7 @@ REWARD_SCALES: dict[str, float] = {
     "hpsv2": 100.0,
     "hpsv2.1": 100.0,
     "clip": 100.0,
+    "oracle": 1.0,  # ShapesWorld's 0/1 accuracy; no gradient (policy_gradient normalises it)
 }
 
 
@@ -64,7 +66,10 @@ def load_reward(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Reward:
-    """A frozen reward ``name`` from ``source`` (default: ``DEFAULT_SOURCES[name]``)."""
+    """A frozen reward ``name`` from ``source`` (default: ``DEFAULT_SOURCES[name]``); the
+    ShapesWorld ``oracle`` has no weights and no source."""
+    if name == "oracle":
+        return OracleReward().to(device)
     if name not in _LOADERS:
         raise ValueError(f"unknown reward {name!r}; valid names: {', '.join(REWARD_NAMES)}")
     source = DEFAULT_SOURCES[name] if source is None else source
@@ -78,6 +83,7 @@ __all__ = [
     "DEFAULT_SOURCES",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "OracleReward",
     "REWARD_NAMES",
     "REWARD_SCALES",
     "loss_scales",
