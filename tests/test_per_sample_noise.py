@@ -83,7 +83,7 @@ def test_evaluation_does_not_depend_on_the_evaluation_batch_size(make_trainer):
 
 def test_a_training_sample_does_not_depend_on_its_batch_mates(make_trainer):
     trainer = make_trainer("sample.eta=1.0")
-    last_two = Truncation(grad_from=2)
+    last_two = Truncation.last_k(4, 2)
     _, both = trainer.forward_loss([FOX, CAR], [11, 22], last_two)
     _, alone = trainer.forward_loss([CAR], [22], last_two)
     assert abs(float(both["aesthetic"][1] - alone["aesthetic"][0])) < TOLERANCE

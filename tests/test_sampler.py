@@ -1,18 +1,14 @@
-"""Truncated backpropagation through the DDIM chain, counted on the UNet's calls.
-
-Hooks on the UNet record, for every call, whether it ran in the forward pass or as a
-gradient-checkpoint recomputation during backward (a tensor hook on the loss marks the start of
-backward), whether its output carries gradient, and the text context it was conditioned on.
-"""
+"""Truncated backpropagation through the DDIM chain, counted on the UNet's calls
+(``unet_calls.UNetCalls``)."""
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 
 import pytest
 import torch
+from unet_calls import UNetCalls, grad_pattern
 
 from textcraftor.config import SampleConfig
 from textcraftor.sampler import (
@@ -26,55 +22,6 @@ from textcraftor.sampler import (
 
 PROMPTS = ["a red cube on a wooden table", "an astronaut riding a horse"]
 SEEDS = [11, 12]
-
-
-@dataclass
-class Call:
-    backward: bool  # a checkpoint recomputation during backward
-    grad_enabled: bool  # autograd was recording when the call started
-    context: torch.Tensor  # encoder_hidden_states of the call
-    grad: bool | None = None  # the output requires grad (None: the call did not finish — a
-    #                           non-reentrant recomputation stops once it has what it needs)
-
-
-class UNetCalls:
-    """Records every UNet call of a trainer; ``arm(loss)`` marks where backward starts."""
-
-    def __init__(self, trainer, monkeypatch):
-        self.calls: list[Call] = []
-        self.in_backward = False
-        unet = trainer.pipeline.unet
-        unet.register_forward_pre_hook(self._start, with_kwargs=True)
-        unet.register_forward_hook(self._finish)
-        objective_forward = trainer.objective.forward
-
-        def forward(images, prompts):  # the real objective, with backward marked on its loss
-            loss, scores = objective_forward(images, prompts)
-            self.arm(loss)
-            return loss, scores
-
-        monkeypatch.setattr(trainer.objective, "forward", forward)
-
-    def _start(self, module, args, kwargs):
-        self.calls.append(Call(self.in_backward, torch.is_grad_enabled(),
-                               kwargs["encoder_hidden_states"].detach().clone()))
-
-    def _finish(self, module, args, output):
-        self.calls[-1].grad = output[0].requires_grad
-
-    def arm(self, loss: torch.Tensor) -> None:
-        self.in_backward = False
-        loss.register_hook(lambda grad: setattr(self, "in_backward", True))
-
-    def take(self) -> tuple[list[Call], list[Call]]:
-        """(forward calls, backward recomputations) since the last take."""
-        calls, self.calls = self.calls, []
-        self.in_backward = False
-        return [c for c in calls if not c.backward], [c for c in calls if c.backward]
-
-
-def grad_pattern(calls: list[Call]) -> list[bool]:
-    return [c.grad for c in calls]
 
 
 def k_overrides(truncation: str, checkpointing: bool, **values) -> list[str]:
@@ -164,15 +111,16 @@ def test_x0_shortcut_has_exactly_one_grad_call(make_trainer, monkeypatch, checkp
 
 def test_draw_truncation():
     rng = random.Random(0)
-    assert draw_truncation(SampleConfig(num_steps=10, k=3), rng) == Truncation(7)
+    assert draw_truncation(SampleConfig(num_steps=10, k=3), rng) == Truncation((7, 8, 9), 9)
     config = SampleConfig(num_steps=10, truncation="random_k", k_min=2, k_max=4)
     draws = [draw_truncation(config, rng) for _ in range(200)]
-    assert {d.grad_steps(10) for d in draws} == {2, 3, 4}
-    assert not any(d.stop_at_x0 for d in draws)
+    assert {len(d.grad_steps) for d in draws} == {2, 3, 4}
+    assert all(d.grad_steps == tuple(range(d.grad_from, 10)) and d.last == 9 for d in draws)
+    assert not any(d.x0_at_last for d in draws)
     shortcut = SampleConfig(num_steps=10, truncation="x0_shortcut", k_min=2, k_max=4)
     draws = [draw_truncation(shortcut, rng) for _ in range(200)]
     assert {d.grad_from for d in draws} == {6, 7, 8}
-    assert all(d.stop_at_x0 and d.grad_steps(10) == 1 for d in draws)
+    assert all(d.x0_at_last and d.grad_steps == (d.last,) for d in draws)
 
 
 def perturb_(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
@@ -229,7 +177,7 @@ def test_k_equal_t_never_calls_the_original_encoder(make_trainer, monkeypatch):
 
 def test_gradient_reaches_only_the_text_encoder(make_trainer):
     trainer = make_trainer("sample.k=2", "sample.checkpointing=true")
-    loss, scores = trainer.forward_loss(PROMPTS, SEEDS, Truncation(2))
+    loss, scores = trainer.forward_loss(PROMPTS, SEEDS, Truncation.last_k(4, 2))
     assert loss.ndim == 0 and loss.requires_grad
     assert scores["aesthetic"].shape == (2,)
     loss.backward()
@@ -244,7 +192,7 @@ def test_checkpointing_does_not_change_loss_or_gradient(make_trainer, load_tiny)
     results = []
     for checkpointing in ("true", "false"):
         trainer = make_trainer("sample.k=3", f"sample.checkpointing={checkpointing}")
-        loss, _ = trainer.forward_loss(PROMPTS, SEEDS, Truncation(1))
+        loss, _ = trainer.forward_loss(PROMPTS, SEEDS, Truncation.last_k(4, 3))
         loss.backward()
         grads = [p.grad.clone() for p in trainer.pipeline.text_encoder.parameters()]
         results.append((loss.detach(), grads))

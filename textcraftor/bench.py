@@ -224,7 +224,7 @@ def bench_row(trainer: TextCraftor, k: int, repeats: int, warmup: int) -> dict:
     r = 1 if s.checkpointing else 0
     v = 1 if s.vae_checkpointing else 0
     ideal = sample_s + (c + r) * k * unet_call_s + (c + v) * decode_s + c * reward_s
-    saved = saved_activation_bytes(trainer, prompts, seeds, Truncation(s.num_steps - k))
+    saved = saved_activation_bytes(trainer, prompts, seeds, Truncation.last_k(s.num_steps, k))
     return {
         "K": k, "checkpointing": s.checkpointing, "vae_checkpointing": s.vae_checkpointing,
         "batch": len(prompts), "sample_s": sample_s, "unet_call_s": unet_call_s,

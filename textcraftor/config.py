@@ -21,7 +21,24 @@ from textcraftor.configio import (
 from textcraftor.shapes_weights import is_shapes_preset
 
 PRESETS = ("tiny", "sd15-random", "shapes", "shapes-s")
-TRUNCATION_MODES = ("last_k", "random_k", "x0_shortcut", "direct")
+# sample.truncation: the gradient estimator. Chain backpropagation: last_k, random_k, window
+# (the gradient window's first and last step), x0_shortcut, draft_lv (DRaFT-LV), drtune
+# (DRTune); direct (a paired image noised to t); policy_gradient (DDPO-style PPO, no reward
+# gradient needed)
+TRUNCATION_MODES = ("last_k", "random_k", "x0_shortcut", "direct", "window", "draft_lv",
+                    "drtune", "policy_gradient")
+# the sample fields each estimator reads beyond T; a field of another estimator set away from
+# its default is refused (ESTIMATOR_ONLY_FIELDS), naming the estimator that uses it
+ESTIMATOR_FIELDS = {
+    "last_k": ("k",), "random_k": ("k_min", "k_max"), "x0_shortcut": ("k_min", "k_max"),
+    "direct": ("direct_t_min", "direct_t_max"), "window": ("window_first", "window_last"),
+    "draft_lv": ("draft_lv_renoise",), "drtune": ("drtune_k", "drtune_stop_ratio"),
+    "policy_gradient": (),
+}
+# fields refused under another estimator (the older modes' k, k_min, k_max stay lenient: a study
+# searching sample.truncation and sample.k has always set both)
+ESTIMATOR_ONLY_FIELDS = ("window_first", "window_last", "draft_lv_renoise", "drtune_k",
+                         "drtune_stop_ratio")
 NO_GRAD_ENCODERS = ("original", "trainable")
 UNET_TRAINING = ("none", "full", "lora")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -97,6 +114,14 @@ class SampleConfig:
     #                          drawn per batch
     direct_t_max: int = 800  # direct: largest (< the scheduler's training timesteps, checked
     #                          with the model: textcraftor.limits)
+    window_first: int = 0  # window: first step (0-based, of T) whose UNet call carries gradient
+    window_last: int = -1  # window: last step with gradient, where the chain ends (x̂0 predicted
+    #                        there when < T−1); −1 = T−1
+    draft_lv_renoise: int = 2  # draft_lv: n, re-noisings of the final sample (DRaFT-LV, n = 2);
+    #                            n + 1 UNet calls carry gradient
+    drtune_k: int = 5  # drtune: K sparse steps with gradient, evenly spaced, random offset
+    drtune_stop_ratio: float = 0.0  # drtune: the chain stops at a step drawn among the last
+    #                                 ⌈ratio·T⌉ (x̂0 predicted there); 0 = never early
     no_grad_encoder: str = "original"  # which text encoder drives the no-grad steps
     checkpointing: bool = True  # gradient checkpointing on every UNet call with gradient
     vae_checkpointing: bool = False  # gradient checkpointing in the VAE decoder (diffusers'
@@ -124,13 +149,52 @@ class SampleConfig:
                 f"must be >= 0, got {self.direct_t_min}")
         require(self.direct_t_min <= self.direct_t_max, "sample.direct_t_max",
                 f"must be >= direct_t_min={self.direct_t_min}, got {self.direct_t_max}")
+        self._check_estimator_fields()
         if self.truncation == "last_k":
             require(1 <= self.k <= t, "sample.k", f"must be in [1, num_steps={t}], got {self.k}")
-        elif self.truncation != "direct":
+        elif self.truncation == "window":
+            require(0 <= self.window_first < t, "sample.window_first",
+                    f"must be a step in [0, num_steps={t}), got {self.window_first}")
+            require(self.window_last == -1 or self.window_first <= self.window_last < t,
+                    "sample.window_last", f"must be a step in [window_first={self.window_first}, "
+                    f"num_steps={t}) or -1 (the last step), got {self.window_last}")
+        elif self.truncation == "drtune":
+            require(1 <= self.drtune_k <= t, "sample.drtune_k",
+                    f"must be in [1, num_steps={t}] (K sparse steps of the chain), got "
+                    f"{self.drtune_k}")
+            require(0 <= self.drtune_stop_ratio <= 1, "sample.drtune_stop_ratio",
+                    f"must be in [0, 1], got {self.drtune_stop_ratio}")
+        elif self.truncation == "policy_gradient":
+            require(self.eta > 0, "sample.eta", "policy_gradient needs eta > 0: at eta = 0 a "
+                    "DDIM step is deterministic and its log-probability is undefined, got "
+                    f"{self.eta}")
+        if self.truncation == "draft_lv":
+            require(self.draft_lv_renoise >= 1, "sample.draft_lv_renoise",
+                    f"must be >= 1, got {self.draft_lv_renoise}")
+        elif self.truncation in ("random_k", "x0_shortcut"):
             require(1 <= self.k_min <= t, "sample.k_min",
                     f"must be in [1, num_steps={t}], got {self.k_min}")
             require(self.k_min <= self.k_max <= t, "sample.k_max",
                     f"must be in [k_min={self.k_min}, num_steps={t}], got {self.k_max}")
+
+
+    def _check_estimator_fields(self) -> None:
+        """Refuse a field of another estimator set away from its default, naming the field,
+        its value and the estimator that reads it."""
+        defaults = SampleConfig.__dataclass_fields__
+        used = ESTIMATOR_FIELDS[self.truncation]
+        for name in ESTIMATOR_ONLY_FIELDS:
+            value = getattr(self, name)
+            if name not in used and value != defaults[name].default:
+                owner = next(e for e, fields in ESTIMATOR_FIELDS.items() if name in fields)
+                raise ConfigError(f"sample.{name}: {value!r} applies to sample.truncation="
+                                  f"{owner} only; this run's estimator is {self.truncation} "
+                                  f"(remove it, or set sample.truncation={owner})",
+                                  relative=True)
+
+    def window_last_step(self) -> int:
+        """window's last step with gradient, −1 resolved to T−1."""
+        return self.num_steps - 1 if self.window_last == -1 else self.window_last
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """A differentiable DDIM chain with classifier-free guidance and truncated backpropagation.
 
-Symbols follow the paper: the chain runs T DDIM steps from noise x_T; only the last K steps
-(or, for ``x0_shortcut``, one late step predicting x̂0) carry gradient to the text embedding.
+Symbols follow the paper: the chain runs T DDIM steps from noise x_T; which steps carry gradient
+to the text embedding is the gradient estimator's draw (``Truncation``): the last K steps (the
+paper), a window of steps, one late step predicting x̂0 (ReFL), DRaFT-LV's re-noised last step,
+or DRTune's sparse steps with a stop-gradient on the UNet's input.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,22 +26,78 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Truncation:
-    """Which of the T steps carry gradient: steps ``grad_from .. T-1`` (K = T − grad_from)."""
+    """How one batch's gradient flows through the T-step chain (one gradient estimator's draw).
 
-    grad_from: int  # index of the first step with gradient
-    stop_at_x0: bool = False  # x0_shortcut: return x̂0 predicted at step grad_from (one grad step)
+    ``grad_steps``: the steps (0-based, ascending) whose guided UNet call carries gradient into
+    the context (and a trained UNet); the chain runs to step ``last`` and returns x_0 there, or
+    x̂0 predicted at ``last`` with ``x0_at_last``. Steps before the first gradient step run under
+    no_grad. ``detach_unet_input`` (DRTune): every UNet call sees sg(x_t), so gradient reaches
+    earlier steps only along DDIM's linear path x_t → x_{t−1}, and steps between the gradient
+    steps run their UNet under no_grad while the latents keep their graph. ``renoise`` (DRaFT-LV):
+    n more gradient calls after the chain, each on sg(x_0) re-noised to the last timestep.
+    """
 
-    def grad_steps(self, num_steps: int) -> int:
-        return 1 if self.stop_at_x0 else num_steps - self.grad_from
+    grad_steps: tuple[int, ...]  # steps whose UNet call carries gradient, ascending
+    last: int  # the chain's last step (T − 1: the whole chain)
+    x0_at_last: bool = False  # return x̂0 predicted at ``last`` instead of x_{t−1}
+    detach_unet_input: bool = False  # DRTune: ε_θ(sg(x_t), t, c)
+    renoise: int = 0  # DRaFT-LV: n re-noisings of sg(x_0), one gradient call each
+
+    @property
+    def grad_from(self) -> int:
+        """The first step with gradient (the steps before it need no graph at all)."""
+        return self.grad_steps[0]
+
+    def carries_grad(self, step: int) -> bool:
+        return step in self.grad_steps
+
+    def grad_calls(self) -> int:
+        """Guided UNet calls that carry gradient: the chain's plus DRaFT-LV's re-noisings."""
+        return len(self.grad_steps) + self.renoise
+
+    def unet_calls(self) -> int:
+        """Guided UNet calls in the forward pass (each on the CFG-doubled batch)."""
+        return self.last + 1 + self.renoise
+
+    @classmethod
+    def last_k(cls, num_steps: int, k: int) -> Truncation:
+        """The paper's truncation: the last K of T steps carry gradient."""
+        return cls(tuple(range(num_steps - k, num_steps)), num_steps - 1)
+
+
+def drtune_steps(num_steps: int, k: int, offset: int, stop: int) -> tuple[int, ...]:
+    """DRTune's K sparse training steps: offset + j·⌊T/K⌋ for j < K (offset < ⌊T/K⌋), those
+    before the stop step, and the stop step itself (its x̂0 prediction carries gradient)."""
+    interval = num_steps // k
+    sparse = (offset + j * interval for j in range(k))
+    return tuple(sorted({i for i in sparse if i < stop} | {stop}))
 
 
 def draw_truncation(config: SampleConfig, rng: random.Random) -> Truncation:
-    """The truncation of one batch: fixed K, or K drawn once per batch (never per step)."""
-    t = config.num_steps
-    if config.truncation == "last_k":
-        return Truncation(t - config.k)
+    """The truncation of one batch under ``sample.truncation`` (the estimator), drawn once per
+    batch (never per step): last_k (the paper), random_k (DRaFT/AlignProp: K ∈ [k_min, k_max]),
+    x0_shortcut (ReFL: one step predicting x̂0), window (steps first..last), draft_lv (DRaFT-LV:
+    K = 1 plus n re-noisings), drtune (DRTune: K sparse steps with a random offset, a random
+    early stop)."""
+    t, mode = config.num_steps, config.truncation
+    if mode == "last_k":
+        return Truncation.last_k(t, config.k)
+    if mode == "window":
+        last = config.window_last_step()
+        return Truncation(tuple(range(config.window_first, last + 1)), last,
+                          x0_at_last=last < t - 1)
+    if mode == "draft_lv":
+        return Truncation((t - 1,), t - 1, renoise=config.draft_lv_renoise)
+    if mode == "drtune":
+        # stop among the last ⌈ratio·T⌉ steps (ratio 0: the whole chain)
+        stop = t - 1 - rng.randint(0, max(math.ceil(config.drtune_stop_ratio * t) - 1, 0))
+        offset = rng.randint(0, t // config.drtune_k - 1)
+        return Truncation(drtune_steps(t, config.drtune_k, offset, stop), stop,
+                          x0_at_last=True, detach_unet_input=True)
     k = rng.randint(config.k_min, config.k_max)
-    return Truncation(t - k, stop_at_x0=config.truncation == "x0_shortcut")
+    if mode == "x0_shortcut":
+        return Truncation((t - k,), t - k, x0_at_last=True)
+    return Truncation.last_k(t, k)
 
 
 class PromptTokenizer:
@@ -167,7 +226,8 @@ def denoise(
     start: int = 0,
     stop: int | None = None,
 ) -> torch.Tensor:
-    """Run the DDIM chain from x_T; returns x_0 latents (or x̂0 for ``stop_at_x0``).
+    """Run the DDIM chain from x_T; returns x_0 latents (or x̂0 predicted at the truncation's
+    last step with ``x0_at_last``).
 
     ``start``/``stop``: run only steps start ≤ i < stop (default all T): ``latents`` is then
     the chain's state before step ``start`` and the result its state before step ``stop`` —
@@ -178,37 +238,71 @@ def denoise(
     generators, which drew x_T); ValueError without it.
 
     Steps ``i < switch_at`` are conditioned on ``early_context``, the rest on ``late_context``.
-    With ``truncation=None`` nothing carries gradient. Otherwise steps before ``grad_from`` run
-    under no_grad and gradient flows into ``late_context`` (and a trained UNet) only through the
-    last steps. ``scheduler.timesteps`` must already be set to T steps.
+    With ``truncation=None`` nothing carries gradient. Otherwise (``Truncation``) steps before
+    its first gradient step run under no_grad, its gradient steps' UNet calls carry gradient
+    into ``late_context`` (and a trained UNet), and the chain ends at its last step.
+    ``scheduler.timesteps`` must already be set to T steps.
     """
     if eta > 0 and noise is None:
         raise ValueError("denoise with eta > 0 needs the samples' SampleNoise for DDIM's noise")
-
-    def step(eps, t, latents):
-        fresh = noise.draw(latents.shape[1:]).to(latents.dtype) if eta > 0 else None
-        return scheduler.step(eps, t, latents, eta=eta, variance_noise=fresh)
-
-    grad_from = len(scheduler.timesteps) if truncation is None else truncation.grad_from
-    stop = len(scheduler.timesteps) if stop is None else stop
+    t_count = len(scheduler.timesteps)
+    grad_from = t_count if truncation is None else truncation.grad_from
+    last = t_count - 1 if truncation is None else truncation.last
+    stop = min(t_count if stop is None else stop, last + 1)
     for i, t in enumerate(scheduler.timesteps):
         if not start <= i < stop:
             continue
         context = early_context if i < switch_at else late_context
-        if i < grad_from:
+        if i < grad_from:  # before the first gradient step: no graph at all
             with torch.no_grad():
                 eps = guided_noise(unet, latents, t, context, guidance_scale)
-                latents = step(eps, t, latents).prev_sample
+                latents = ddim_step(scheduler, eps, t, latents, eta, noise).prev_sample
             continue
-        if checkpointing:
-            eps = _checkpointed_noise(unet, latents, t, context, guidance_scale)
+        # DRTune: ε_θ(sg(x_t)); x_t keeps its graph only through the step's linear path
+        unet_input = latents.detach() if truncation.detach_unet_input else latents
+        if not truncation.carries_grad(i):
+            with torch.no_grad():
+                eps = guided_noise(unet, unet_input, t, context, guidance_scale)
+        elif checkpointing:
+            eps = _checkpointed_noise(unet, unet_input, t, context, guidance_scale)
         else:
-            eps = guided_noise(unet, latents, t, context, guidance_scale)
-        out = step(eps, t, latents)
-        if truncation.stop_at_x0:
+            eps = guided_noise(unet, unet_input, t, context, guidance_scale)
+        out = ddim_step(scheduler, eps, t, latents, eta, noise)
+        if i == last and truncation.x0_at_last:
             return out.pred_original_sample
         latents = out.prev_sample
     return latents
+
+
+def ddim_step(scheduler: DDIMScheduler, eps: torch.Tensor, t: torch.Tensor,
+              latents: torch.Tensor, eta: float, noise: SampleNoise | None):
+    """One DDIM step x_t → x_{t−1} (diffusers' ``DDIMScheduler.step``), its fresh noise at
+    ``eta`` > 0 the next draw of each sample's own stream."""
+    fresh = noise.draw(latents.shape[1:]).to(latents.dtype) if eta > 0 else None
+    return scheduler.step(eps, t, latents, eta=eta, variance_noise=fresh)
+
+
+def renoised_last_steps(
+    unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor,
+    context: torch.Tensor, guidance_scale: float, n: int, noise: SampleNoise, eta: float = 0.0,
+    checkpointing: bool = True,
+) -> torch.Tensor:
+    """DRaFT-LV (Clark et al., ICLR 2024, Alg. 1): n times, the final sample sg(x_0) [B, C, h, w]
+    re-noised to the last timestep t_1, x_1 = √ᾱ_1·sg(x_0) + √(1−ᾱ_1)·ε with ε the next draw of
+    each sample's stream, then one guided DDIM step with gradient. Returns the n new samples
+    [n·B, C, h, w] (re-noising j of every sample, then j + 1, ...): n UNet calls with gradient,
+    one per re-noising."""
+    t = scheduler.timesteps[-1]
+    base = x0.detach()
+    samples = []
+    for _ in range(n):
+        noisy = scheduler.add_noise(base, noise.draw(base.shape[1:]).to(base.dtype), t[None])
+        if checkpointing:
+            eps = _checkpointed_noise(unet, noisy, t, context, guidance_scale)
+        else:
+            eps = guided_noise(unet, noisy, t, context, guidance_scale)
+        samples.append(ddim_step(scheduler, eps, t, noisy, eta, noise).prev_sample)
+    return torch.cat(samples)
 
 
 def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from textcraftor.sampler import (
     guided_noise,
     latent_shape,
     noise_seeds,
+    renoised_last_steps,
 )
 from textcraftor.trainable import (
     apply_update,
@@ -133,10 +134,12 @@ class TextCraftor:
     # --- one optimizer step ----------------------------------------------------------------
 
     def forward_loss(self, prompts: Sequence[str], noise_seeds: Sequence[int], truncation):
-        """Sample from x_T with gradient through the last steps, decode, score.
+        """Sample from x_T with gradient where the truncation (the estimator's draw) puts it,
+        decode, score.
 
-        Returns (loss, {reward: [B] scores}). Gradient reaches the trainable encoder's context
-        (and a trained UNet) only through the steps the truncation marks.
+        Returns (loss, {reward: [B] scores}; [(n+1)·B] under DRaFT-LV, whose n re-noised
+        samples are scored beside the chain's). Gradient reaches the trainable encoder's
+        context (and a trained UNet) only through the truncation's gradient steps.
         """
         pipe, s = self.pipeline, self.config.sample
         ids = self.tokens(prompts)
@@ -154,6 +157,11 @@ class TextCraftor:
             latents = noise.draw(self.latent_shape)  # x_T
             x0 = denoise(pipe.unet, pipe.scheduler, latents, early, late, truncation.grad_from,
                          truncation, s.guidance_scale, s.eta, s.checkpointing, noise=noise)
+            if truncation.renoise:  # DRaFT-LV: n more samples from sg(x_0), scored alike
+                x0 = torch.cat([x0, renoised_last_steps(
+                    pipe.unet, pipe.scheduler, x0, late, s.guidance_scale, truncation.renoise,
+                    noise, s.eta, s.checkpointing)])
+                prompts = list(prompts) * (truncation.renoise + 1)
             images = decode(pipe.vae, x0)
             return self.objective(images, prompts)
 
@@ -186,7 +194,9 @@ class TextCraftor:
             return self.policy_gradient_step(step)
         started = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        ks = []
+        ks, calls, grad_calls = [], 0, 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         for micro in range(t.grad_accum):
             index = (step - 1) * t.grad_accum + micro
             # each sample's noise (x_T, DDIM's noise at eta > 0, direct mode's t and noise)
@@ -194,13 +204,16 @@ class TextCraftor:
             seeds = noise_seeds(t.seed, step, micro, self.rank, count=t.batch_size)
             if self.pairs is not None:
                 ks.append(1)
+                calls, grad_calls = calls + 1, grad_calls + 1
                 start = (index * self.world_size + self.rank) * t.batch_size
                 images, captions = self.pairs.batch(start, t.batch_size)
                 loss, scores = self.direct_loss(images, captions, seeds)
             else:
                 # K is drawn once per micro-batch, the same on every rank
                 truncation = draw_truncation(s, random.Random(f"k:{t.seed}:{step}:{micro}"))
-                ks.append(truncation.grad_steps(s.num_steps))
+                ks.append(len(truncation.grad_steps))
+                calls += truncation.unet_calls()
+                grad_calls += truncation.grad_calls()
                 prompts = [p.text for p in self.prompt_sampler.batch(index)]
                 loss, scores = self.forward_loss(prompts, seeds, truncation)
             if step == t.inject_nan_at:
@@ -214,9 +227,14 @@ class TextCraftor:
         images = t.batch_size * t.grad_accum * self.world_size
         metrics = {("train/" + k if k not in ("loss", "grad_norm") and "/" not in k else k): v
                    for k, v in metrics.items()}
-        # the K this step drew (random_k / x0_shortcut draw it; mean over accumulated batches):
-        # a metric name no config path can take, unlike the searched sample.k
-        return {**metrics, "train/k_drawn": sum(ks) / len(ks), "step_s": elapsed,
+        # the K this step drew (steps of the chain with gradient; random_k, x0_shortcut and
+        # drtune draw it; mean over accumulated batches): a metric name no config path can
+        # take, unlike the searched sample.k. The cost: guided UNet calls per step (each on the
+        # CFG-doubled micro-batch; summed over accumulation), those with gradient, peak memory.
+        cost = {"train/unet_calls": float(calls), "train/unet_grad_calls": float(grad_calls)}
+        if self.device.type == "cuda":
+            cost["train/peak_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
+        return {**metrics, "train/k_drawn": sum(ks) / len(ks), **cost, "step_s": elapsed,
                 "images_per_s": images / elapsed}
 
     def policy_gradient_step(self, step: int) -> dict[str, float]:

@@ -1,0 +1,204 @@
+"""The gradient estimators beside last_k, counted on the UNet's calls (hooks of test_sampler):
+the gradient window, DRaFT-LV's n + 1 gradient calls, DRTune's sparse steps with no gradient
+through the UNet's input, and what each step reports of its cost."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from unet_calls import UNetCalls, grad_pattern
+
+from textcraftor.config import ConfigError, SampleConfig, load_run_config
+from textcraftor.sampler import (
+    SampleNoise,
+    Truncation,
+    denoise,
+    draw_truncation,
+    drtune_steps,
+    guidance_context,
+)
+
+PROMPTS = ["a red cube on a wooden table", "an astronaut riding a horse"]
+SEEDS = [11, 12]
+
+def overrides(truncation: str, t: int, checkpointing: bool = False, **values) -> list[str]:
+    return [f"sample.num_steps={t}", f"sample.truncation={truncation}",
+            f"sample.checkpointing={str(checkpointing).lower()}",
+            *(f"sample.{k}={v}" for k, v in values.items())]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_window_carries_gradient_from_first_to_last_and_ends_there(make_trainer, monkeypatch,
+                                                                   checkpointing):
+    t, first, last = 6, 1, 3
+    trainer = make_trainer(*overrides("window", t, checkpointing, window_first=first,
+                                      window_last=last))
+    unet = UNetCalls(trainer, monkeypatch)
+    metrics = trainer.train_step(1)
+    forward, backward = unet.take()
+    assert len(forward) == last + 1  # the chain ends at the window's last step (x̂0 there)
+    if checkpointing:
+        assert not any(grad_pattern(forward[:first]))
+        assert len(backward) == last - first + 1
+        # recomputed latest first: the UNet's input carries gradient from the window's second
+        # step on (the chain inside the window is differentiated through)
+        assert [c.input_grad for c in backward] == [True] * (last - first) + [False]
+    else:
+        assert grad_pattern(forward) == [False] * first + [True] * (last - first + 1)
+        assert backward == []
+        assert [c.input_grad for c in forward] == [False] * (first + 1) + [True] * (last - first)
+    assert metrics["train/k_drawn"] == last - first + 1
+    assert metrics["train/unet_calls"] == last + 1
+    assert metrics["train/unet_grad_calls"] == last - first + 1
+
+
+def test_window_to_the_last_step_is_last_k(make_trainer):
+    t, k = 4, 2
+    window = make_trainer(*overrides("window", t, window_first=t - k))
+    last_k = make_trainer(*overrides("last_k", t, k=k))
+    results = []
+    for trainer in (window, last_k):
+        truncation = draw_truncation(trainer.config.sample, random.Random(0))
+        loss, _ = trainer.forward_loss(PROMPTS, SEEDS, truncation)
+        loss.backward()
+        results.append((truncation, loss.detach(),
+                        [p.grad for p in trainer.pipeline.text_encoder.parameters()]))
+    (tw, lw, gw), (tk, lk, gk) = results
+    assert tw == tk == Truncation((2, 3), 3)
+    assert torch.equal(lw, lk)
+    for a, b in zip(gw, gk):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_draft_lv_has_n_plus_one_gradient_calls_on_the_renoised_final_sample(
+        make_trainer, monkeypatch, n):
+    t = 4
+    trainer = make_trainer(*overrides("draft_lv", t, draft_lv_renoise=n))
+    unet = UNetCalls(trainer, monkeypatch)
+    truncation = draw_truncation(trainer.config.sample, random.Random(0))
+    loss, scores = trainer.forward_loss(PROMPTS, SEEDS, truncation)
+    forward, _ = unet.take()
+    # the chain (T calls, only the last with gradient), then n re-noisings, each with gradient
+    assert grad_pattern(forward) == [False] * (t - 1) + [True] * (n + 1)
+    last_timestep = forward[t - 1].timestep
+    assert all(c.timestep == last_timestep for c in forward[t:])  # re-noised to t_1
+    assert not any(c.input_grad for c in forward[t:])  # each from sg(x_0)
+    assert scores["aesthetic"].shape == ((n + 1) * len(PROMPTS),)
+    loss.backward()
+    assert all(p.grad is not None for p in trainer.pipeline.text_encoder.parameters())
+    assert truncation.grad_calls() == n + 1 and truncation.unet_calls() == t + n
+
+
+def test_draft_lv_renoisings_differ_and_follow_each_samples_seed(make_trainer):
+    trainer = make_trainer(*overrides("draft_lv", 4, draft_lv_renoise=2))
+    truncation = draw_truncation(trainer.config.sample, random.Random(0))
+    with torch.no_grad():
+        _, both = trainer.forward_loss(PROMPTS, SEEDS, truncation)
+        _, alone = trainer.forward_loss(PROMPTS[1:], SEEDS[1:], truncation)
+    scores = both["aesthetic"].view(3, 2)  # [n + 1, B]: chain, re-noising 1, re-noising 2
+    assert len(set(scores[:, 1].tolist())) == 3  # three different images of one prompt
+    torch.testing.assert_close(scores[:, 1], alone["aesthetic"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_drtune_has_no_gradient_through_the_unet_input_and_k_sparse_steps(
+        make_trainer, monkeypatch, checkpointing):
+    t, k = 8, 2
+    trainer = make_trainer(*overrides("drtune", t, checkpointing, drtune_k=k))
+    unet = UNetCalls(trainer, monkeypatch)
+    offsets = set()
+    for step in range(1, 6):
+        metrics = trainer.train_step(step)
+        forward, backward = unet.take()
+        assert len(forward) == t  # stop ratio 0: the whole chain
+        assert not any(c.input_grad for c in forward)  # ε_θ(sg(x_t)) at every call
+        if not checkpointing:
+            grads = [i for i, c in enumerate(forward) if c.grad]
+            offset = grads[0]
+            assert grads == list(drtune_steps(t, k, offset, t - 1))
+            assert 0 <= offset < t // k
+            offsets.add(offset)
+            assert metrics["train/k_drawn"] == len(grads)
+        else:  # the recomputed calls are the gradient steps, one each
+            assert len(backward) == metrics["train/unet_grad_calls"]
+            assert all(not c.input_grad for c in backward)
+        assert metrics["train/unet_calls"] == t
+    if not checkpointing:
+        assert len(offsets) > 1  # the offset is drawn per batch
+
+
+def test_drtune_gradient_reaches_earlier_steps_along_the_linear_path(make_trainer):
+    """Only the first sparse step's UNet call sees the trained encoder's context with gradient
+    when the later ones are fed a detached context: the encoder still gets gradient, through
+    x_{t−1} = a·x_t + b·ε (the DDIM step is linear in x_t)."""
+    t = 8
+    trainer = make_trainer(*overrides("drtune", t, drtune_k=1))
+    truncation = Truncation((0, t - 1), t - 1, x0_at_last=True, detach_unet_input=True)
+    pipe = trainer.pipeline
+    ids = trainer.tokens(PROMPTS)
+    context = guidance_context(pipe.text_encoder, ids, trainer.empty_ids, 7.5)
+    noise = SampleNoise(SEEDS)
+    x0 = denoise(pipe.unet, pipe.scheduler, noise.draw(trainer.latent_shape), context,
+                 context.detach(), 1, truncation, 7.5, checkpointing=False)
+    x0.square().mean().backward()
+    grads = [p.grad for p in pipe.text_encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_drtune_early_stop_shortens_the_chain(make_trainer, monkeypatch):
+    t = 8
+    trainer = make_trainer(*overrides("drtune", t, drtune_k=2, drtune_stop_ratio=0.5))
+    unet = UNetCalls(trainer, monkeypatch)
+    lengths = set()
+    for step in range(1, 9):
+        metrics = trainer.train_step(step)
+        forward, _ = unet.take()
+        assert t - 4 <= len(forward) <= t  # stop among the last ⌈0.5·8⌉ = 4 steps
+        assert forward[-1].grad  # the stop step predicts x̂0 with gradient
+        assert metrics["train/unet_calls"] == len(forward)
+        lengths.add(len(forward))
+    assert len(lengths) > 1
+
+
+def test_drtune_steps_are_evenly_spaced_with_the_stop_step():
+    assert drtune_steps(20, 4, 2, 19) == (2, 7, 12, 17, 19)
+    assert drtune_steps(20, 4, 0, 10) == (0, 5, 10)
+    assert drtune_steps(20, 20, 0, 19) == tuple(range(20))
+    for offset in range(5):
+        steps = drtune_steps(20, 4, offset, 19)
+        assert set(steps) == {offset + 5 * j for j in range(4)} | {19}  # 4 steps at offset 4
+
+
+@pytest.mark.parametrize("values, field, words", [
+    ({"truncation": "window", "window_first": 6}, "sample.window_first", "[0, num_steps=6)"),
+    ({"truncation": "window", "window_first": -1}, "sample.window_first", "[0, num_steps=6)"),
+    ({"truncation": "window", "window_first": 3, "window_last": 2}, "sample.window_last",
+     "window_first=3"),
+    ({"truncation": "window", "window_last": 6}, "sample.window_last", "num_steps=6"),
+    ({"truncation": "drtune", "drtune_k": 7}, "sample.drtune_k", "[1, num_steps=6]"),
+    ({"truncation": "drtune", "drtune_k": 0}, "sample.drtune_k", "[1, num_steps=6]"),
+    ({"truncation": "drtune", "drtune_stop_ratio": 1.5}, "sample.drtune_stop_ratio", "[0, 1]"),
+    ({"truncation": "draft_lv", "draft_lv_renoise": 0}, "sample.draft_lv_renoise", ">= 1"),
+    ({"truncation": "policy_gradient", "eta": 0.0}, "sample.eta", "log-probability"),
+    ({"truncation": "last_k", "drtune_k": 3}, "sample.drtune_k", "sample.truncation=drtune"),
+    ({"truncation": "drtune", "window_first": 2}, "sample.window_first",
+     "sample.truncation=window"),
+    ({"truncation": "window", "draft_lv_renoise": 4}, "sample.draft_lv_renoise",
+     "sample.truncation=draft_lv"),
+])
+def test_estimator_fields_are_checked_naming_the_field(values, field, words):
+    with pytest.raises(ConfigError) as error:
+        SampleConfig(num_steps=6, **values)
+    assert str(error.value).startswith(field + ":")
+    assert words in str(error.value)
+
+
+def test_a_field_of_another_estimator_names_this_runs_estimator():
+    with pytest.raises(ConfigError, match=r"sample.drtune_stop_ratio: 0.5 applies to "
+                                          r"sample.truncation=drtune only; this run's "
+                                          r"estimator is window"):
+        load_run_config(overrides=["sample.truncation=window",
+                                   "sample.drtune_stop_ratio=0.5"])
