@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ STATE_FILE = "state.json"
 class Checkpoint:
     path: Path
     step: int  # the last optimizer step this checkpoint includes
-    weights: dict[str, dict[str, torch.Tensor]]  # "text_encoder", "unet" or "unet_lora"
+    weights: dict[str, dict[str, torch.Tensor]]  # "text_encoder", "text_encoder_lora",
+    #                                              "unet" or "unet_lora"
     optimizer: dict[str, Any] | None
     rng: dict[str, Any] | None
 
@@ -56,9 +58,11 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     keep: int | None = None,
     files: dict[str, Path] | None = None,
+    folders: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically; keep the newest ``keep`` checkpoints.
-    ``files`` are copied in under the given names (e.g. the latest sample grid)."""
+    ``files`` are copied in under the given names (e.g. the latest sample grid); each writer in
+    ``folders`` fills the folder of its name (e.g. a LoRA in peft's format)."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
@@ -71,6 +75,8 @@ def save_checkpoint(
         torch.save(capture_rng(), staging / "rng.pt")
         for name, source in (files or {}).items():
             shutil.copyfile(source, staging / name)
+        for name, write in (folders or {}).items():
+            write(staging / name)
         state = {"step": step, "weights": sorted(weights), **(extra or {})}
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole

@@ -71,6 +71,31 @@ def require_finite(section: str, config: Any) -> None:
                 raise ConfigError(f"{name}: must be a finite number, got {item}", relative=True)
 
 
+CLIP_ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass(frozen=True)
+class TextEncoderLoraConfig:
+    rank: int = 0  # r of a peft LoRA on the text encoder; 0 = off (the whole encoder trains)
+    alpha: float | None = None  # LoRA alpha (updates scaled by alpha / rank); None = rank
+    targets: tuple[str, ...] = CLIP_ATTENTION_PROJECTIONS  # module-name suffixes that get a
+    #   LoRA (peft's target_modules): CLIP attention's q/k/v/out projections (TexForce)
+
+    def __post_init__(self) -> None:
+        require_finite("model.text_encoder_lora", self)
+        where = "model.text_encoder_lora"
+        require(self.rank >= 0, f"{where}.rank", f"must be >= 0 (0 = off), got {self.rank}")
+        require(self.alpha is None or self.alpha > 0, f"{where}.alpha",
+                f"must be > 0 (or null: the rank), got {self.alpha}")
+        require(len(self.targets) >= 1 and all(isinstance(t, str) and t for t in self.targets),
+                f"{where}.targets", f"must be a non-empty list of module-name suffixes (e.g. "
+                f"{list(CLIP_ATTENTION_PROJECTIONS)}), got {list(self.targets)}")
+
+    def lora_alpha(self) -> float:
+        """alpha, None resolved to the rank."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     source: str = "tiny"  # preset (tiny, sd15-random), hub id, or local diffusers folder
@@ -82,6 +107,8 @@ class ModelConfig:
     train_text_encoder: bool = True  # False freezes it (the reference's UNet stage)
     text_encoder_from: str | None = None  # run or checkpoint folder whose tuned text encoder
     #   replaces the base one at the start (e.g. the UNet stage after a text-encoder run)
+    text_encoder_lora: TextEncoderLoraConfig = field(  # train a peft LoRA of the text encoder
+        default_factory=TextEncoderLoraConfig)  # instead of all of it (rank 0: all of it)
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | fp16 | bf16
 
     def __post_init__(self) -> None:
@@ -97,6 +124,10 @@ class ModelConfig:
                 "run folder or a checkpoint folder)")
         require(self.train_text_encoder or self.train_unet != "none", "model.train_text_encoder",
                 "nothing to train: text encoder frozen and train_unet=none")
+        require(self.train_text_encoder or self.text_encoder_lora.rank == 0,
+                "model.text_encoder_lora.rank", f"{self.text_encoder_lora.rank} trains a LoRA of "
+                "the text encoder, but model.train_text_encoder is false: set rank 0 or "
+                "train_text_encoder true")
 
 
 @dataclass(frozen=True)
@@ -473,6 +504,7 @@ __all__ = [
     "RewardSourceConfig",
     "RunConfig",
     "SampleConfig",
+    "TextEncoderLoraConfig",
     "TrainConfig",
     "load_run_config",
     "require_finite",

@@ -1,6 +1,8 @@
 """``python -m textcraftor.generate``: images from the base model, a fine-tuned text encoder, or
 an interpolation of the two (``--alpha``), optionally with the fine-tuned encoder driving only the
-last M of T steps (``--finetuned-steps``; the paper's test setting is 15 of 25)."""
+last M of T steps (``--finetuned-steps``; the paper's test setting is 15 of 25). A text-encoder
+LoRA and a UNet LoRA, from two different runs, merge into the weights at load
+(``--text-encoder-lora RUN[:SCALE]``, ``--unet-lora RUN[:SCALE]``: TexForce's combination)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,7 @@ from textcraftor.checkpoint import STATE_FILE, latest_checkpoint
 from textcraftor.config import ConfigError, RunConfig, load_run_config
 from textcraftor.configio import to_dict
 from textcraftor.limits import check_model_limits
+from textcraftor.lora import ADAPTER_CONFIG, TEXT_ENCODER_LORA, UNET_LORA
 
 if TYPE_CHECKING:  # torch, diffusers and transformers load only once the input is checked
     import torch
@@ -28,13 +32,24 @@ log = logging.getLogger(__name__)
 def load_finetuned(pipeline: Pipeline, checkpoint: str | Path, train_unet: str = "none",
                    lora_rank: int = 4) -> Pipeline:
     """Put a checkpoint's text encoder (and UNet/LoRA) into ``pipeline``; the original encoder
-    stays as loaded."""
+    stays as loaded. A text-encoder LoRA (``text_encoder_lora``) is merged into the trainable
+    encoder's weights (its config from the checkpoint's adapter folder); a UNet LoRA stays an
+    adapter."""
     from textcraftor.checkpoint import load_checkpoint
+    from textcraftor.lora import merge_adapter, read_adapter_folder
     from textcraftor.trainable import load_unet_weights, make_unet_trainable
 
     state = load_checkpoint(checkpoint)
     if "text_encoder" in state.weights:
         pipeline.text_encoder.load_state_dict(state.weights["text_encoder"])
+    if TEXT_ENCODER_LORA in state.weights:
+        folder = Path(checkpoint) / TEXT_ENCODER_LORA
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise FileNotFoundError(f"{checkpoint}: holds text_encoder_lora weights but no "
+                                    f"adapter folder {folder} (its LoRA config)")
+        lora_config, _ = read_adapter_folder(folder)
+        pipeline.text_encoder = merge_adapter(pipeline.text_encoder, lora_config,
+                                              state.weights[TEXT_ENCODER_LORA])
     if "unet_lora" in state.weights:
         make_unet_trainable(pipeline, "lora", lora_rank)
     load_unet_weights(pipeline, state.weights)
@@ -64,6 +79,79 @@ def resolve_checkpoint(run_or_checkpoint: str) -> tuple[Path, RunConfig | None]:
     return path, (load_run_config(None, base=base) if base else None)
 
 
+@dataclass(frozen=True)
+class AdapterOption:
+    """One ``--text-encoder-lora`` or ``--unet-lora``: a LoRA of a run, merged with a scale."""
+
+    option: str  # the option it came from, for errors
+    name: str  # text_encoder_lora | unet_lora: the checkpoint key and adapter folder
+    run: str  # the run or checkpoint folder as given
+    checkpoint: Path  # its checkpoint folder
+    scale: float  # s in W + s·(alpha/r)·B·A (1 = as trained, 0 = the base weights)
+    run_config: RunConfig | None  # the run's resolved config (None: a lone checkpoint)
+
+
+ADAPTER_OPTIONS = {"--text-encoder-lora": TEXT_ENCODER_LORA, "--unet-lora": UNET_LORA}
+
+
+def parse_adapter(text: str, option: str) -> AdapterOption:
+    """``RUN_OR_CHECKPOINT[:SCALE]`` of ``option`` → AdapterOption, checked without loading
+    weights: the folder is a run or checkpoint, its checkpoint holds that LoRA (state.json) with
+    a config to rebuild it, the scale is a finite number. Raises ConfigError / FileNotFoundError
+    naming the option."""
+    name = ADAPTER_OPTIONS[option]
+    run, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and not Path(text).exists():  # a folder whose name holds ":" stays whole
+        run = head
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise ConfigError(f"{option}: scale {tail!r} in {text!r} is not a number (give "
+                              f"RUN or RUN:SCALE, e.g. {head}:0.8)") from None
+        if not math.isfinite(scale):
+            raise ConfigError(f"{option}: scale must be a finite number, got {tail} in {text!r}")
+    try:
+        checkpoint, run_config = resolve_checkpoint(run)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(str(error).replace("--run", option, 1)) from None
+    held = json.loads((checkpoint / STATE_FILE).read_text()).get("weights", [])
+    if name not in held:
+        raise ConfigError(f"{option} {run}: its checkpoint {checkpoint} holds no {name} (it "
+                          f"holds {', '.join(held) or 'no weights'}): give a run trained with "
+                          + ("model.text_encoder_lora.rank > 0" if name == TEXT_ENCODER_LORA
+                             else "model.train_unet=lora"))
+    if not (checkpoint / name / ADAPTER_CONFIG).is_file() and (name != UNET_LORA
+                                                                 or run_config is None):
+        raise ConfigError(f"{option} {run}: its checkpoint {checkpoint} has no adapter folder "
+                          f"{name}/ with {ADAPTER_CONFIG}, and no run config to rebuild it from")
+    return AdapterOption(option, name, run, checkpoint, scale, run_config)
+
+
+def merge_adapter_option(pipeline: Pipeline, adapter: AdapterOption, target: str) -> None:
+    """Merge ``adapter``'s LoRA into ``pipeline``'s trainable text encoder or its UNet, at its
+    scale (the original text encoder stays as loaded). Raises ConfigError naming the option
+    when the adapter does not fit the pipeline of ``target`` (model.source)."""
+    from textcraftor.checkpoint import load_checkpoint
+    from textcraftor.lora import merge_adapter, read_adapter_folder, unet_lora_config
+
+    folder = adapter.checkpoint / adapter.name
+    if (folder / ADAPTER_CONFIG).is_file():
+        lora_config, weights = read_adapter_folder(folder)
+    else:  # a UNet LoRA of a checkpoint written before adapter folders
+        lora_config = unet_lora_config(adapter.run_config.model.lora_rank)
+        weights = load_checkpoint(adapter.checkpoint).weights[adapter.name]
+    attribute = "text_encoder" if adapter.name == TEXT_ENCODER_LORA else "unet"
+    try:
+        merged = merge_adapter(getattr(pipeline, attribute), lora_config, weights, adapter.scale)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"{adapter.option} {adapter.run}: its LoRA does not fit the "
+                          f"{attribute} of model.source={target}: {error}") from error
+    setattr(pipeline, attribute, merged.requires_grad_(False).eval())
+    log.info("%s: merged %s of %s at scale %g", adapter.option, adapter.name, adapter.checkpoint,
+             adapter.scale)
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` → [0, 1, 2]. Raises ConfigError naming ``--seeds`` for anything else."""
     try:
@@ -82,6 +170,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-encoder-from", metavar="RUN",
                         help="run or checkpoint folder whose tuned text encoder drives this "
                         "model (another base model's: the same text tower, another UNet)")
+    parser.add_argument("--text-encoder-lora", metavar="RUN[:SCALE]",
+                        help="run or checkpoint folder whose text-encoder LoRA is merged into "
+                        "the text encoder, scaled (default 1; 0 = no change)")
+    parser.add_argument("--unet-lora", metavar="RUN[:SCALE]",
+                        help="run or checkpoint folder whose UNet LoRA is merged into the UNet, "
+                        "scaled (default 1); may come from another run than --text-encoder-lora")
     parser.add_argument("--config", help="YAML run config (model source, sampling)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a field, e.g. sample.num_steps=25")
@@ -99,12 +193,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[int]]:
     """The config, the checkpoint (or None) and the seeds, every input checked before any model
-    loads (--text-encoder-from's folder too). Raises ConfigError naming the option or field,
-    FileNotFoundError for a missing --run, --text-encoder-from or --config."""
+    loads (--text-encoder-from's folder and the LoRA options too: ``args.adapters``). Raises
+    ConfigError naming the option or field, FileNotFoundError for a missing --run,
+    --text-encoder-from, --text-encoder-lora, --unet-lora or --config."""
     seeds = parse_seeds(args.seeds)
     if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
         raise ConfigError(f"--alpha: must be in [0, 1], got {args.alpha}")
     checkpoint, run_config = resolve_checkpoint(args.run) if args.run else (None, None)
+    args.adapters = [parse_adapter(value, option) for option in ADAPTER_OPTIONS
+                     if (value := getattr(args, option[2:].replace("-", "_"), None))]
+    if run_config is None:  # no --run: the model and sampling of the (first) LoRA's run
+        run_config = next((a.run_config for a in args.adapters if a.run_config), None)
     base = to_dict(run_config) if run_config is not None and not args.config else None
     config = load_run_config(args.config, args.overrides, base=base)
     t, m = config.sample.num_steps, args.finetuned_steps
@@ -116,6 +215,10 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[i
             resolve_checkpoint(args.text_encoder_from)
         except FileNotFoundError as error:
             raise FileNotFoundError(str(error).replace("--run", "--text-encoder-from")) from None
+    if args.unet_lora and config.model.train_unet != "none" and checkpoint is not None:
+        raise ConfigError(f"--unet-lora: the --run checkpoint {checkpoint} already brings a "
+                          f"trained UNet (model.train_unet={config.model.train_unet}); give "
+                          "one of the two")
     return config, checkpoint, seeds
 
 
@@ -133,7 +236,10 @@ def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: st
     source = run_config.model.source if run_config is not None else None
     where = f"{option} {run_or_checkpoint} (model.source={source or 'unknown'})"
     if weights is None:
-        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder")
+        lora = " (it holds a text-encoder LoRA: merge it with generate's --text-encoder-lora)"
+        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder"
+                          + (lora if TEXT_ENCODER_LORA in load_checkpoint(checkpoint).weights
+                             else ""))
     source_tokenizer = (load_tokenizer(source, run_config.model.cache_dir,
                                        run_config.model.revision) if source else None)
     check_text_encoder_fits(weights, where, pipeline.text_encoder, pipeline.tokenizer,
@@ -168,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    elif checkpoint is None and args.alpha != 0.0:
+    for adapter in args.adapters:
+        try:
+            merge_adapter_option(pipeline, adapter, m.source)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    if (checkpoint is None and not args.text_encoder_from and not args.text_encoder_lora
+            and args.alpha != 0.0):
         log.info("no --run given: the base model (alpha has no effect)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipeline.to(device)

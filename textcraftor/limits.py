@@ -12,6 +12,8 @@ and VAE configs of ``model.source`` (``scheduler/scheduler_config.json``, ``unet
 - ``sample.resolution``: a multiple of the VAE's down-sampling factor
   2^(len(block_out_channels) − 1) (8 for SD, 4 for ShapesWorld); otherwise the VAE decodes
   images of another size than asked.
+- ``model.text_encoder_lora.targets``: each names a layer of the text encoder (checked on a
+  CLIPTextModel built on the meta device from ``text_encoder/config.json``).
 
 The UNet is not a limit: diffusers' UNet2DConditionModel runs latents of any side (it sizes
 its up-sampling to the skip connections when the side is not a multiple of 2^(down blocks − 1);
@@ -151,8 +153,12 @@ def check_model_limits(config: RunConfig, pipeline: Any = None) -> ModelLimits:
     Raises ConfigError naming the field (``sample.num_steps: 1000 is more than this scheduler
     allows (…: at most 999)``), FileNotFoundError when the model's configs cannot be read.
     """
+    from textcraftor.lora import check_text_encoder_targets
+
     m = config.model
     limits = (pipeline_limits(pipeline) if pipeline is not None
               else model_limits(m.source, m.cache_dir, m.revision))
     check_sample_limits(config.sample, limits)
+    # model.text_encoder_lora.targets against the encoder's module names (its config only)
+    check_text_encoder_targets(m, pipeline.text_encoder if pipeline is not None else None)
     return limits

@@ -4,12 +4,22 @@ UNet (full or a peft LoRA), their saved weights, autocast, and diffusers' VAE ch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
 from textcraftor.config import ModelConfig, TrainConfig
 from textcraftor.events import NonFiniteLossError
+from textcraftor.lora import (
+    TEXT_ENCODER_LORA,
+    UNET_LORA,
+    UNET_LORA_TARGETS,
+    adapter_state,
+    adapter_writer,
+    attach_text_encoder_lora,
+    load_adapter_state,
+)
 from textcraftor.models import Pipeline
 from textcraftor.replicas import Replicas, mean_over_ranks
 
@@ -49,21 +59,26 @@ def make_unet_trainable(pipeline: Pipeline, mode: str, lora_rank: int) -> list[t
         from peft import LoraConfig
 
         unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+                                    target_modules=list(UNET_LORA_TARGETS)))
     return [p for p in unet.parameters() if p.requires_grad]
 
 
 def build_optimizer(pipeline: Pipeline, model: ModelConfig, train: TrainConfig
                     ) -> tuple[torch.optim.Optimizer, NamedParameters]:
-    """AdamW over everything that trains (text encoder at ``train.lr``, UNet or its LoRA at
+    """AdamW over everything that trains (text encoder, or its LoRA when
+    ``model.text_encoder_lora.rank`` > 0, at ``train.lr``; UNet or its LoRA at
     ``model.unet_lr``; fused where the device supports it); returns it with the (name,
-    parameter) pairs, in the same order on every rank."""
+    parameter) pairs, in the same order on every rank. A LoRA is attached here, to
+    ``pipeline.text_encoder`` only (``original_text_encoder`` is a separate copy)."""
     encoder = pipeline.text_encoder
     encoder.requires_grad_(model.train_text_encoder)
     named: NamedParameters = []
     groups = []
     if model.train_text_encoder:
-        named += [(f"text_encoder.{n}", p) for n, p in encoder.named_parameters()]
+        if model.text_encoder_lora.rank:
+            attach_text_encoder_lora(encoder, model.text_encoder_lora)
+        named += [(f"text_encoder.{n}", p) for n, p in encoder.named_parameters()
+                  if p.requires_grad]
         groups.append({"params": [p for _, p in named], "lr": train.lr})
     if model.train_unet != "none":
         make_unet_trainable(pipeline, model.train_unet, model.lora_rank)
@@ -78,12 +93,25 @@ def build_optimizer(pipeline: Pipeline, model: ModelConfig, train: TrainConfig
 
 
 def trained_weights(pipeline: Pipeline, model: ModelConfig) -> dict[str, dict[str, torch.Tensor]]:
-    """What a checkpoint keeps: the text encoder's weights when it trains, the UNet's (or its
-    LoRA's) when it does."""
+    """What a checkpoint keeps: the text encoder's weights (or its LoRA's, under
+    ``text_encoder_lora``) when it trains, the UNet's (or its LoRA's) when it does."""
     weights = unet_weights(pipeline, model.train_unet)
-    if model.train_text_encoder:
+    if model.train_text_encoder and model.text_encoder_lora.rank:
+        weights[TEXT_ENCODER_LORA] = adapter_state(pipeline.text_encoder)
+    elif model.train_text_encoder:
         weights["text_encoder"] = pipeline.text_encoder.state_dict()
     return weights
+
+
+def adapter_folders(pipeline: Pipeline, model: ModelConfig) -> dict[str, Callable[[Path], None]]:
+    """The LoRAs a checkpoint also keeps in peft's on-disk format: folder name → writer
+    (``lora.adapter_writer``)."""
+    folders = {}
+    if model.train_text_encoder and model.text_encoder_lora.rank:
+        folders[TEXT_ENCODER_LORA] = adapter_writer(pipeline.text_encoder, model.source)
+    if model.train_unet == "lora":
+        folders[UNET_LORA] = adapter_writer(pipeline.unet, model.source)
+    return folders
 
 
 def load_trained_weights(pipeline: Pipeline,
@@ -91,6 +119,8 @@ def load_trained_weights(pipeline: Pipeline,
     """Put ``trained_weights``' output back (a LoRA must be attached first)."""
     if "text_encoder" in weights:
         pipeline.text_encoder.load_state_dict(weights["text_encoder"])
+    if TEXT_ENCODER_LORA in weights:
+        load_adapter_state(pipeline.text_encoder, weights[TEXT_ENCODER_LORA])
     load_unet_weights(pipeline, weights)
 
 

@@ -43,6 +43,7 @@ from textcraftor.sampler import (
     renoised_last_steps,
 )
 from textcraftor.trainable import (
+    adapter_folders,
     apply_update,
     autocast,
     autocast_dtype,
@@ -307,7 +308,8 @@ class TextCraftor:
         weights = trained_weights(self.pipeline, m)
         path = save_checkpoint(self.run_dir, self.step, weights, self.optimizer,
                                extra={"source": m.source}, keep=t.keep_checkpoints,
-                               files=self.folder.evaluation_files(self.step))
+                               files=self.folder.evaluation_files(self.step),
+                               folders=adapter_folders(self.pipeline, m))
         self._last_checkpoint = path
         return path
 
