@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from study.objectives import OBJECTIVES
-from textcraftor.config import ALIGNMENT, DIVERSITY, QUALITY_REWARDS, RunConfig
+from textcraftor.config import (
+    ALIGNMENT,
+    DIVERSITY,
+    QUALITY_REWARDS,
+    RunConfig,
+    estimator_of,
+    for_estimator,
+)
 from textcraftor.configio import (
     ConfigError,
     apply_overrides,
@@ -105,6 +112,11 @@ def _default_search() -> Mapping[str, Distribution]:
     })
 
 
+# the gradient estimator: a trial suggests the paths only one estimator reads
+# (textcraftor.config.estimator_of) only when it runs that estimator
+ESTIMATOR_PATH = "sample.truncation"
+
+
 def run_config_paths(base: RunConfig) -> list[str]:
     """Every searchable path: the base's values, plus a weight and a scale for each reward."""
     paths = leaf_paths(to_dict(base))
@@ -120,10 +132,22 @@ def search_variants(search: Mapping[str, Distribution], base: RunConfig
     range: (path, value, run config), each built and validated as a YAML value would be.
     Raises ConfigError naming ``search.<path>.<choices[i]|low|high>`` and the refused value."""
     data, variants = to_dict(base), []
+    estimators = search.get(ESTIMATOR_PATH)
+    reachable = {base.sample.truncation, *(estimators.choices or () if estimators else ())}
     for path, distribution in search.items():
+        owner = estimator_of(path)
+        require(owner is None or owner in reachable, f"search.{path}",
+                f"only sample.truncation={owner} reads it, which this study never runs "
+                f"(base.sample.truncation={base.sample.truncation}"
+                + (f", searched among {list(estimators.choices)})" if estimators else
+                   ", not searched)"))
         for sub, value in distribution.values_to_check(path_annotation(RunConfig, path)):
+            # a variant runs the estimator that reads the path (the trials that draw it do)
+            start = (for_estimator(data, value) if path == ESTIMATOR_PATH else
+                     for_estimator(data, owner) if owner not in (None, base.sample.truncation)
+                     else data)
             try:
-                run = from_dict(RunConfig, set_path(data, path, value, RunConfig))
+                run = from_dict(RunConfig, set_path(start, path, value, RunConfig))
             except ConfigError as error:
                 raise ConfigError(f"search.{path}.{sub}: {value!r} is refused by the run "
                                   f"config: {error}") from None
@@ -152,6 +176,8 @@ def check_search(search: Mapping[str, Distribution], base: RunConfig,
         return
     data = to_dict(base)
     for path, distribution in search.items():
+        if estimator_of(path) not in (None, base.sample.truncation):
+            continue  # the base's trial does not run the estimator that reads it
         try:
             value = get_path(data, path, RunConfig)
         except KeyError:
@@ -386,6 +412,8 @@ class FaultInjection:
         """Whether a trial with these hyperparameters (by path) gets the fault."""
         if self.param is None:
             return True
+        if self.param not in params:  # a field of an estimator this trial does not run
+            return False
         value = params[self.param]
         if isinstance(value, (int, float)) and isinstance(self.value, (int, float)):
             return float(value) == float(self.value)

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from study.config import StudyConfig
-from textcraftor.config import RunConfig
+from study.config import ESTIMATOR_PATH, StudyConfig
+from textcraftor.config import RunConfig, estimator_of, for_estimator
 from textcraftor.configio import from_dict, get_path, path_annotation, set_path, to_dict
 
 # a repeat's index in its Tune config (tuner.repeats): the key Tune's Repeater sets (TRIAL_INDEX)
@@ -25,20 +25,31 @@ class DefineByRun:
 
     def __init__(self, study: StudyConfig):
         self.space = []  # (path, kind, distribution as plain values)
+        self.base_estimator = study.base.sample.truncation
         for path, distribution in study.search.items():
             kind = distribution.kind(path_annotation(RunConfig, path))
             self.space.append((path, kind, distribution.low, distribution.high,
                                distribution.log, distribution.choices))
 
     def __call__(self, trial) -> dict[str, Any]:
-        for path, kind, low, high, log, choices in self.space:
-            if kind == "categorical":
-                trial.suggest_categorical(path, list(choices))
-            elif kind == "int":
-                trial.suggest_int(path, int(low), int(high), log=log)
-            else:
-                trial.suggest_float(path, float(low), float(high), log=log)
+        # the estimator first: the paths only one estimator reads are suggested only when the
+        # trial runs it (Optuna's conditional space; the others keep their defaults)
+        estimator = self.base_estimator
+        for entry in self.space:
+            if entry[0] == ESTIMATOR_PATH:
+                estimator = self._suggest(trial, *entry)
+        for entry in self.space:
+            if entry[0] != ESTIMATOR_PATH and estimator_of(entry[0]) in (None, estimator):
+                self._suggest(trial, *entry)
         return {}
+
+    @staticmethod
+    def _suggest(trial, path, kind, low, high, log, choices) -> Any:
+        if kind == "categorical":
+            return trial.suggest_categorical(path, list(choices))
+        if kind == "int":
+            return trial.suggest_int(path, int(low), int(high), log=log)
+        return trial.suggest_float(path, float(low), float(high), log=log)
 
 
 def reference_point(study: StudyConfig) -> dict[str, Any]:
@@ -47,6 +58,8 @@ def reference_point(study: StudyConfig) -> dict[str, Any]:
     data = to_dict(study.base)
     point = {}
     for path, distribution in study.search.items():
+        if estimator_of(path) not in (None, study.base.sample.truncation):
+            continue  # not read by the base's estimator: not suggested in its trial
         value = get_path(data, path, RunConfig)
         kind = distribution.kind(path_annotation(RunConfig, path))
         point[path] = int(value) if kind == "int" else float(value) if kind == "float" else value
@@ -72,7 +85,11 @@ def trial_run_config(study: StudyConfig, params: Mapping[str, Any], output_dir: 
     """The RunConfig one trial trains with: ``study_run_config`` with the trial's value at each
     searched path, validated like a YAML value (ConfigError naming the field)."""
     data = to_dict(study_run_config(study))
+    if ESTIMATOR_PATH in params:  # fields only the base's estimator reads: back to default
+        data = for_estimator(data, params[ESTIMATOR_PATH])
     for path in study.search:
+        if path not in params and estimator_of(path) is not None:
+            continue  # a field of an estimator this trial does not run: never suggested
         data = set_path(data, path, params[path], RunConfig)
     run = from_dict(RunConfig, data)
     train = run.train

@@ -202,3 +202,68 @@ def test_a_field_of_another_estimator_names_this_runs_estimator():
                                           r"estimator is window"):
         load_run_config(overrides=["sample.truncation=window",
                                    "sample.drtune_stop_ratio=0.5"])
+
+
+ESTIMATOR_SEARCH = ("search={sample.truncation: {choices: [last_k, drtune, window]}, "
+                    "sample.k: {low: 1, high: 5}, sample.drtune_k: {low: 1, high: 4}, "
+                    "sample.drtune_stop_ratio: {low: 0.0, high: 0.5}, "
+                    "sample.window_first: {low: 0, high: 4}}")
+
+
+def test_a_study_suggests_an_estimators_fields_only_in_its_trials(tmp_path):
+    """Optuna's conditional space: drtune_k is drawn only by the trials that run drtune, and
+    every drawn trial is a valid run config (a field of another estimator would be refused)."""
+    import optuna
+
+    from study.config import load_study_config
+    from study.space import DefineByRun, reference_point, trial_run_config
+
+    study = load_study_config(overrides=[ESTIMATOR_SEARCH])
+    assert reference_point(study) == {"sample.truncation": "last_k", "sample.k": 5}
+    space = DefineByRun(study)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    trials = optuna.create_study(sampler=sampler)
+    seen = set()
+    for _ in range(30):
+        trial = trials.ask()
+        space(trial)
+        estimator = trial.params["sample.truncation"]
+        seen.add(estimator)
+        own = {"drtune": {"sample.drtune_k", "sample.drtune_stop_ratio"},
+               "window": {"sample.window_first"}, "last_k": set()}[estimator]
+        assert set(trial.params) == {"sample.truncation", "sample.k"} | own
+        run = trial_run_config(study, trial.params, tmp_path / "t")
+        assert run.sample.truncation == estimator
+        if estimator == "drtune":
+            assert run.sample.drtune_k == trial.params["sample.drtune_k"]
+        trials.tell(trial, 0.0)
+    assert seen == {"last_k", "drtune", "window"}
+
+
+def test_a_study_with_a_base_estimator_field_runs_other_estimators_at_their_defaults(tmp_path):
+    import yaml
+
+    from study.config import default_config_path, load_study_config
+    from study.space import reference_point, trial_run_config
+
+    data = yaml.safe_load(default_config_path().read_text())
+    data["base"]["sample"].update(truncation="drtune", drtune_k=3)
+    data["search"] = {"sample.truncation": {"choices": ["drtune", "last_k"]},
+                      "sample.drtune_k": {"low": 1, "high": 4}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    study = load_study_config(path)
+    assert reference_point(study) == {"sample.truncation": "drtune", "sample.drtune_k": 3}
+    run = trial_run_config(study, {"sample.truncation": "last_k"}, tmp_path / "t")
+    assert run.sample.truncation == "last_k" and run.sample.drtune_k == 5  # the default
+
+
+def test_a_searched_field_of_an_estimator_the_study_never_runs_is_refused():
+    from study.config import load_study_config
+
+    with pytest.raises(ConfigError, match=r"search.sample.drtune_k: only "
+                                          r"sample.truncation=drtune reads it, which this study "
+                                          r"never runs \(base.sample.truncation=last_k, not "
+                                          r"searched\)"):
+        load_study_config(overrides=["search={sample.k: {low: 1, high: 5}, "
+                                     "sample.drtune_k: {low: 1, high: 4}}"])

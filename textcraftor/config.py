@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from textcraftor.configio import (
     read_yaml,
     require,
     require_choice,
+    to_dict,
 )
 from textcraftor.shapes_weights import is_shapes_preset
 
@@ -39,6 +41,37 @@ ESTIMATOR_FIELDS = {
 # searching sample.truncation and sample.k has always set both)
 ESTIMATOR_ONLY_FIELDS = ("window_first", "window_last", "draft_lv_renoise", "drtune_k",
                          "drtune_stop_ratio")
+
+
+def estimator_of(path: str) -> str | None:
+    """The one estimator (sample.truncation) that reads run-config ``path``, for the paths only
+    one estimator reads (its ``sample`` fields in ESTIMATOR_ONLY_FIELDS, the ``policy``
+    section); None for every other path. A study searches such a path only in the trials that
+    run its estimator (``study.space``)."""
+    section, _, name = path.partition(".")
+    if section == "policy":
+        return "policy_gradient"
+    if section == "sample" and name in ESTIMATOR_ONLY_FIELDS:
+        return next(e for e, fields in ESTIMATOR_FIELDS.items() if name in fields)
+    return None
+
+
+def for_estimator(data: Mapping[str, Any], estimator: str) -> dict[str, Any]:
+    """A plain run-config dict with ``sample.truncation`` = ``estimator`` and every field only
+    another estimator reads (``estimator_of``) back at its default: what a study's trial runs
+    when its searched estimator differs from the base's. The defaults come from the config
+    classes; the other fields are kept."""
+    data = json.loads(json.dumps(dict(data)))
+    defaults = to_dict(RunConfig())
+    data.setdefault("sample", {})["truncation"] = estimator
+    for section, fields in defaults.items():
+        if not isinstance(fields, Mapping) or section not in data:
+            continue
+        for name in list(data[section]):
+            owner = estimator_of(f"{section}.{name}")
+            if owner not in (None, estimator) and name in fields:
+                data[section][name] = fields[name]
+    return data
 NO_GRAD_ENCODERS = ("original", "trainable")
 UNET_TRAINING = ("none", "full", "lora")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
