@@ -8,10 +8,11 @@ import math
 
 import pytest
 
-ROW_KEYS = {"K", "checkpointing", "vae_checkpointing", "batch", "sample_s", "unet_call_s",
-            "decode_s", "reward_s", "train_step_s", "ideal_step_s", "overhead_ratio",
-            "saved_activation_bytes", "peak_memory_bytes"}
-SWITCHES = {"K", "checkpointing", "vae_checkpointing", "peak_memory_bytes"}
+ROW_KEYS = {"estimator", "K", "unet_calls", "unet_grad_calls", "checkpointing",
+            "vae_checkpointing", "batch", "sample_s", "unet_call_s", "decode_s", "reward_s",
+            "train_step_s", "ideal_step_s", "overhead_ratio", "saved_activation_bytes",
+            "peak_memory_bytes"}
+SWITCHES = {"estimator", "K", "checkpointing", "vae_checkpointing", "peak_memory_bytes"}
 T = 4
 
 
@@ -46,16 +47,52 @@ def test_rows_cover_each_k_with_and_without_each_checkpointing(bench):
             assert row[key] > 0, key
 
 
+def ideal_step(row: dict, scored: int = 1) -> float:
+    """The docstring's ideal: sample + (calls − T)·unet_call + (n_img − 1)·(decode + reward)
+    + (c + r)·grad_calls·unet_call + (c + v)·n_img·decode + c·n_img·reward; c = 1 with a
+    frozen UNet, r = 1 with UNet checkpointing, v = 1 with VAE checkpointing."""
+    c, r, v = 1, int(row["checkpointing"]), int(row["vae_checkpointing"])
+    return (row["sample_s"] + (row["unet_calls"] - T) * row["unet_call_s"]
+            + (scored - 1) * (row["decode_s"] + row["reward_s"])
+            + (c + r) * row["unet_grad_calls"] * row["unet_call_s"]
+            + (c + v) * scored * row["decode_s"] + c * scored * row["reward_s"])
+
+
 def test_ideal_step_follows_the_docstring_formula(bench):
-    """ideal = sample + (c + r)·K·unet_call + (c + v)·decode + c·reward; c = 1 with a frozen
-    UNet, r = 1 with UNet checkpointing, v = 1 with VAE checkpointing; overhead_ratio =
-    train_step / ideal."""
+    """For last_k (calls = T, grad_calls = K, one image): ideal = sample + (c + r)·K·unet_call
+    + (c + v)·decode + c·reward; overhead_ratio = train_step / ideal."""
     for row in json.loads(bench[0])["rows"]:
+        assert row["estimator"] == "last_k"
+        assert (row["unet_calls"], row["unet_grad_calls"]) == (T, row["K"])
         c, r, v = 1, int(row["checkpointing"]), int(row["vae_checkpointing"])
         ideal = (row["sample_s"] + (c + r) * row["K"] * row["unet_call_s"]
                  + (c + v) * row["decode_s"] + c * row["reward_s"])
         assert math.isclose(row["ideal_step_s"], ideal, rel_tol=1e-9)
+        assert math.isclose(ideal_step(row), ideal, rel_tol=1e-9)
         assert math.isclose(row["overhead_ratio"], row["train_step_s"] / ideal, rel_tol=1e-9)
+
+
+def test_a_row_per_estimator_with_its_own_counts_and_ideal(run_module, tmp_path):
+    done = run_module("textcraftor.bench", "--json", "--repeats", "2", "--warmup", "1",
+                      "--k", "2", "--num-steps", str(T), "--px", "32", "--checkpointing", "on",
+                      "--estimators", "last_k,window,draft_lv,drtune,x0_shortcut",
+                      "--set", "sample.truncation=drtune", "--set", "sample.drtune_k=2",
+                      "--set", "sample.k_max=2",
+                      "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {r["estimator"]: r for r in json.loads(done.stdout)["rows"]}
+    assert list(rows) == ["last_k", "window", "draft_lv", "drtune", "x0_shortcut"]
+    assert (rows["last_k"]["unet_calls"], rows["last_k"]["unet_grad_calls"]) == (T, 2)
+    assert (rows["window"]["unet_calls"], rows["window"]["unet_grad_calls"]) == (T, T)
+    # DRaFT-LV (n = 2 by default): the chain plus n re-noisings, n + 1 with gradient
+    assert (rows["draft_lv"]["unet_calls"], rows["draft_lv"]["unet_grad_calls"]) == (T + 2, 3)
+    # DRTune K = 2 of T = 4, no early stop: its sparse steps plus the last, over its draws
+    assert rows["drtune"]["unet_calls"] == T and 2 <= rows["drtune"]["unet_grad_calls"] <= 3
+    assert rows["x0_shortcut"]["unet_grad_calls"] == 1
+    for name, row in rows.items():
+        scored = 3 if name == "draft_lv" else 1
+        assert math.isclose(row["ideal_step_s"], ideal_step(row, scored), rel_tol=1e-9)
+        assert row["saved_activation_bytes"] > 0
 
 
 def test_checkpointed_activations_are_flat_in_k(bench):
@@ -86,6 +123,10 @@ def test_vae_checkpointing_keeps_fewer_activations(bench):
     (["--device", "cpu", "--rewards", "aesthetic,pickscor"], "--rewards 'pickscor': not one of"),
     (["--device", "cpu", "--px", "-5"], "sample.resolution: must be a positive number"),
     (["--device", "tpu"], "--device 'tpu': not a torch device"),
+    (["--device", "cpu", "--estimators", "last_k,policy_gradient"],
+     "--estimators 'policy_gradient': not one of"),
+    (["--device", "cpu", "--estimators", "drtune", "--num-steps", "4"],
+     "sample.drtune_k: must be in [1, num_steps=4]"),
 ])
 def test_bad_options_are_named_before_any_model_is_built(args, message, monkeypatch, capsys):
     from textcraftor import bench

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import statistics
 import sys
 import time
@@ -25,15 +26,21 @@ from dataclasses import replace
 
 import torch
 
-from textcraftor.config import QUALITY_REWARDS, RunConfig, load_run_config
-from textcraftor.configio import ConfigError
+from textcraftor.config import (
+    QUALITY_REWARDS,
+    RunConfig,
+    SampleConfig,
+    for_estimator,
+    load_run_config,
+)
+from textcraftor.configio import ConfigError, from_dict, to_dict
 from textcraftor.models import Pipeline, load_pipeline
 from textcraftor.objective import Objective, build_objective
 from textcraftor.sampler import (
     SampleNoise,
-    Truncation,
     decode,
     denoise,
+    draw_truncation,
     guidance_context,
     guided_noise,
 )
@@ -97,6 +104,23 @@ def parse_ks(text: str, t: int) -> list[int]:
             raise BenchInputError(f"--k {k}: K must be in [1, T] and T = sample.num_steps = {t}")
         ks.append(k)
     return sorted(set(ks))
+
+
+# the chain-backprop estimators a bench row can time (direct needs pairs, policy_gradient has its
+# own PPO step: neither is a chain with gradient)
+BENCHED_ESTIMATORS = ("last_k", "random_k", "x0_shortcut", "window", "draft_lv", "drtune")
+
+
+def parse_estimators(text: str) -> list[str]:
+    """``--estimators`` names. Raises BenchInputError naming one the bench cannot time."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in BENCHED_ESTIMATORS:
+            raise BenchInputError(f"--estimators {name!r}: not one of "
+                                  f"{', '.join(BENCHED_ESTIMATORS)}")
+    if not names:
+        raise BenchInputError("--estimators: name at least one")
+    return list(dict.fromkeys(names))
 
 
 def reward_overrides(names: str) -> list[str]:
@@ -180,8 +204,14 @@ def saved_activation_bytes(trainer: TextCraftor, prompts, seeds, truncation) -> 
     return sum(storages.values())
 
 
-def bench_row(trainer: TextCraftor, k: int, repeats: int, warmup: int) -> dict:
-    """Timings, activation bytes and (CUDA) peak memory of one configuration."""
+def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
+    """Timings, activation bytes and (CUDA) peak memory of one configuration: its estimator
+    (``sample.truncation``) with its K, checkpointing and VAE checkpointing. The ideal step
+    counts what its draws cost (the mean over the timed steps' own counts):
+        ideal = sample + (calls − T)·unet_call + (n_img − 1)·(decode + reward)
+                + (c + r)·grad_calls·unet_call + (c + v)·n_img·decode + c·n_img·reward
+    calls: guided UNet calls in the forward (the chain to its last step, plus DRaFT-LV's
+    re-noisings), grad_calls: those with gradient, n_img: images scored (1 + DRaFT-LV's n)."""
     cfg = trainer.config
     s, device = cfg.sample, trainer.device
     prompts = [p.text for p in trainer.prompt_sampler.batch(0)]
@@ -211,22 +241,32 @@ def bench_row(trainer: TextCraftor, k: int, repeats: int, warmup: int) -> dict:
         return run
 
     step = iter(range(1, 10**9))
+    steps: list[dict[str, float]] = []  # every train step's metrics: its drawn counts
     seconds = interleaved_medians({
         "sample_s": sample,
         "unet_call_s": no_grad(lambda: guided_noise(pipe.unet, latents, t_mid, context,
                                                     s.guidance_scale)),
         "decode_s": no_grad(lambda: decode(pipe.vae, latents)),
         "reward_s": no_grad(lambda: objective(images, prompts)),
-        "train_step_s": lambda: trainer.train_step(next(step)),
+        "train_step_s": lambda: steps.append(trainer.train_step(next(step))),
     }, device, repeats, warmup)
     sample_s, unet_call_s, decode_s, reward_s, train_step_s = seconds.values()
+    timed = steps[warmup:]
+    calls = statistics.mean(m["train/unet_calls"] for m in timed)
+    grad_calls = statistics.mean(m["train/unet_grad_calls"] for m in timed)
+    k = statistics.mean(m["train/k_drawn"] for m in timed)
+    scored = 1 + (s.draft_lv_renoise if s.truncation == "draft_lv" else 0)
     c = 2 if cfg.model.train_unet != "none" else 1
     r = 1 if s.checkpointing else 0
     v = 1 if s.vae_checkpointing else 0
-    ideal = sample_s + (c + r) * k * unet_call_s + (c + v) * decode_s + c * reward_s
-    saved = saved_activation_bytes(trainer, prompts, seeds, Truncation.last_k(s.num_steps, k))
+    ideal = (sample_s + (calls - s.num_steps) * unet_call_s + (scored - 1) * (decode_s + reward_s)
+             + (c + r) * grad_calls * unet_call_s + (c + v) * scored * decode_s
+             + c * scored * reward_s)
+    truncation = draw_truncation(s, random.Random(0))
+    saved = saved_activation_bytes(trainer, prompts, seeds, truncation)
     return {
-        "K": k, "checkpointing": s.checkpointing, "vae_checkpointing": s.vae_checkpointing,
+        "estimator": s.truncation, "K": k, "unet_calls": calls, "unet_grad_calls": grad_calls,
+        "checkpointing": s.checkpointing, "vae_checkpointing": s.vae_checkpointing,
         "batch": len(prompts), "sample_s": sample_s, "unet_call_s": unet_call_s,
         "decode_s": decode_s, "reward_s": reward_s, "train_step_s": train_step_s,
         "ideal_step_s": ideal, "overhead_ratio": train_step_s / ideal,
@@ -247,28 +287,45 @@ def build_models(config: RunConfig, device: torch.device) -> tuple[Pipeline, Obj
                                  "rewards_build_s": time.perf_counter() - built}
 
 
+def estimator_samples(config: RunConfig, ks: Sequence[int], estimators: Sequence[str]
+                      ) -> list[SampleConfig]:
+    """The sample section of each row before the checkpointing switches: last_k at each K, then
+    every other estimator named, with its own fields from ``config`` when its
+    ``sample.truncation`` is that estimator, else at their defaults."""
+    t = config.sample.num_steps
+    samples = []
+    for estimator in estimators:
+        if estimator == "last_k":
+            samples += [from_dict(SampleConfig, {**for_estimator(to_dict(config), "last_k")[
+                "sample"], "k": k}) for k in sorted({min(k, t) for k in ks})]
+        else:
+            samples.append(from_dict(SampleConfig,
+                                     for_estimator(to_dict(config), estimator)["sample"]))
+    return samples
+
+
 def run_bench(config: RunConfig, ks: Sequence[int], repeats: int, warmup: int,
               device: torch.device | str = "cpu", checkpointing: Sequence[bool] = (True, False),
               vae_checkpointing: Sequence[bool] = (False,),
-              models: tuple[Pipeline, Objective, dict] | None = None) -> dict:
-    """One row per K × checkpointing × VAE checkpointing (``models``: a built pipeline and
-    objective to reuse, from ``build_models``)."""
+              models: tuple[Pipeline, Objective, dict] | None = None,
+              estimators: Sequence[str] = ("last_k",)) -> dict:
+    """One row per estimator (last_k: per K) × checkpointing × VAE checkpointing (``models``: a
+    built pipeline and objective to reuse, from ``build_models``)."""
     device = torch.device(device)
     pipeline, objective, build_s = models or build_models(config, device)
     rows = []
     t = config.sample.num_steps
-    for k in sorted({min(k, t) for k in ks}):
+    for base in estimator_samples(config, ks, estimators):
         for unet_ckpt in checkpointing:
             for vae_ckpt in vae_checkpointing:
-                sample = replace(config.sample, truncation="last_k", k=k,
-                                 checkpointing=unet_ckpt, vae_checkpointing=vae_ckpt)
+                sample = replace(base, checkpointing=unet_ckpt, vae_checkpointing=vae_ckpt)
                 trainer = TextCraftor(replace(config, sample=sample), pipeline=pipeline,
                                       objective=objective, device=device, show_progress=False)
-                rows.append(bench_row(trainer, k, repeats, warmup))
+                rows.append(bench_row(trainer, repeats, warmup))
                 del trainer
-                log.info("batch %d K=%d ckpt=%s vae_ckpt=%s: step %.3fs ratio %.3f",
-                         config.train.batch_size, k, unet_ckpt, vae_ckpt,
-                         rows[-1]["train_step_s"], rows[-1]["overhead_ratio"])
+                log.info("batch %d %s K=%.2f ckpt=%s vae_ckpt=%s: step %.3fs ratio %.3f",
+                         config.train.batch_size, sample.truncation, rows[-1]["K"], unet_ckpt,
+                         vae_ckpt, rows[-1]["train_step_s"], rows[-1]["overhead_ratio"])
     m = config.model
     return {
         "preset": m.source, "reward_preset": config.reward.preset,
@@ -322,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, help="prompts per step (train.batch_size)")
     parser.add_argument("--num-steps", type=int, help="T, DDIM steps (sample.num_steps)")
     parser.add_argument("--k", default="1,2,5,T", help="K values, comma-separated; T = num_steps")
+    parser.add_argument("--estimators", default="last_k",
+                        help="comma-separated gradient estimators, a row each (last_k: one per "
+                             f"--k): {', '.join(BENCHED_ESTIMATORS)}; each other estimator's own "
+                             "fields from --set when sample.truncation is it, else defaults")
     parser.add_argument("--checkpointing", choices=sorted(SWITCH), default="both",
                         help="UNet gradient checkpointing rows")
     parser.add_argument("--vae-checkpointing", choices=sorted(SWITCH), default="off",
@@ -339,17 +400,21 @@ def main(argv: list[str] | None = None) -> int:
         device = check_device(args.device)
         check_dtype(args.dtype, device)
         config = bench_config(args)
-        ks = parse_ks(args.k, config.sample.num_steps)
+        estimators = parse_estimators(args.estimators)
+        # --k applies to last_k's rows only
+        ks = parse_ks(args.k, config.sample.num_steps) if "last_k" in estimators else []
+        estimator_samples(config, ks, estimators)  # each row's config validates before a model
     except (BenchInputError, ConfigError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     result = run_bench(config, ks, args.repeats, args.warmup, device, SWITCH[args.checkpointing],
-                       SWITCH[args.vae_checkpointing])
+                       SWITCH[args.vae_checkpointing], estimators=estimators)
     if args.json:
         print(json.dumps(result))
     else:
         for row in result["rows"]:
             peak = row["peak_memory_bytes"]
-            print(f"K={row['K']:>3} ckpt={row['checkpointing']!s:5} "
+            print(f"{row['estimator']:>11} K={row['K']:>5.2f} calls={row['unet_calls']:>5.1f} "
+                  f"grad_calls={row['unet_grad_calls']:>5.1f} ckpt={row['checkpointing']!s:5} "
                   f"vae_ckpt={row['vae_checkpointing']!s:5} "
                   f"step {row['train_step_s']:.3f}s ideal {row['ideal_step_s']:.3f}s "
                   f"ratio {row['overhead_ratio']:.3f} "
