@@ -203,10 +203,10 @@ class InjectedDialError(RuntimeError):
 def measure_trial_dials(trainer, dials: Mapping[str, Any], step: int
                         ) -> dict[str, Any] | None:
     """The trial's inference dials (``study.dial_table``) once its training has finished (None for
-    a run stopped before ``train.steps``, e.g. by MO-ASHA), also written atomically to its run
-    folder as ``dials.json``. A failure is returned as {error} (the trial and the sweep go
-    on)."""
-    if step != trainer.config.train.steps:
+    a run stopped before ``train.steps`` or its UNet-pass budget, e.g. by MO-ASHA), also
+    written atomically to its run folder as ``dials.json``. A failure is returned as {error}
+    (the trial and the sweep go on)."""
+    if step != trainer.step or not trainer.finished():
         return None
     from study.dial_table import study_dials
     from textcraftor.atomic import write_json_atomic

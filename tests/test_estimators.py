@@ -267,3 +267,58 @@ def test_a_searched_field_of_an_estimator_the_study_never_runs_is_refused():
                                           r"searched\)"):
         load_study_config(overrides=["search={sample.k: {low: 1, high: 5}, "
                                      "sample.drtune_k: {low: 1, high: 4}}"])
+
+
+@pytest.mark.parametrize("estimator, values, per_step", [
+    # B = 2, T = 4, checkpointing: forward calls + 2 per gradient call (backward, recompute)
+    ("last_k", {"k": 2}, 2 * (4 + 2 * 2)),
+    ("draft_lv", {"draft_lv_renoise": 2}, 2 * (4 + 2 + 2 * 3)),
+    ("window", {"window_first": 1, "window_last": 2}, 2 * (3 + 2 * 2)),
+])
+def test_unet_passes_are_counted_per_latent(make_trainer, estimator, values, per_step):
+    trainer = make_trainer(*overrides(estimator, 4, True, **values))
+    first = trainer.train_step(1)
+    second = trainer.train_step(2)
+    assert first["train/unet_passes"] == second["train/unet_passes"] == per_step
+    assert second["train/unet_passes_total"] == 2 * per_step == trainer.unet_passes
+
+
+def test_policy_gradient_passes_count_rollouts_and_trained_steps(make_trainer):
+    trainer = make_trainer("sample.num_steps=4", "sample.truncation=policy_gradient",
+                           "sample.eta=1.0", "policy.samples_per_prompt=2",
+                           "policy.timestep_fraction=0.5")
+    metrics = trainer.train_step(1)
+    images = 2 * 2  # batch 2 × 2 samples per prompt
+    trained = metrics["train/k_drawn"]
+    assert metrics["train/unet_grad_calls"] == trained
+    assert metrics["train/unet_calls"] == 4 + trained
+    assert metrics["train/unet_passes"] == images * (4 + 2 * trained)
+
+
+def test_a_unet_pass_budget_ends_training_where_it_is_spent_and_survives_a_resume(
+        make_trainer, tmp_path):
+    from textcraftor.checkpoint import checkpoint_dir
+
+    # last_k K = 2 of T = 4, B = 2, checkpointing: 16 passes a step; 40 are spent at step 3
+    run = (*overrides("last_k", 4, True, k=2), "train.unet_pass_budget=40",
+           "train.save_every=1", "train.eval_every=0", "train.keep_checkpoints=5",
+           f"output_dir={tmp_path / 'run'}")
+    events = []
+    trainer = make_trainer(*run, "train.steps=10", callback=events.append)
+    trainer.fit()
+    assert [e.step for e in events if e.kind == "step"] == [1, 2, 3]
+    assert [e.step for e in events if e.kind == "eval"] == [3]  # the final evaluation
+    assert trainer.finished() and trainer.unet_passes == 48
+
+    resumed_events = []
+    resumed = make_trainer(*run, "train.steps=10", callback=resumed_events.append)
+    resumed.restore(checkpoint_dir(trainer.run_dir, 2))
+    assert resumed.unet_passes == 32  # from the checkpoint
+    resumed.fit()
+    assert [e.step for e in resumed_events if e.kind == "step"] == [3]
+
+
+def test_a_negative_budget_is_refused():
+    with pytest.raises(ConfigError, match=r"train.unet_pass_budget: must be >= 0 \(0 = off\), "
+                                          r"got -1"):
+        load_run_config(overrides=["train.unet_pass_budget=-1"])

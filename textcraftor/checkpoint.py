@@ -12,7 +12,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Checkpoint:
     #                                              "unet" or "unet_lora"
     optimizer: dict[str, Any] | None
     rng: dict[str, Any] | None
+    extra: dict[str, Any] = field(default_factory=dict)  # what the saver added to state.json
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -115,7 +116,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                for name in state["weights"]}
     optimizer = _load_torch(path / "optimizer.pt", map_location)
     rng = _load_torch(path / "rng.pt", "cpu")
-    return Checkpoint(path, int(state["step"]), weights, optimizer, rng)
+    extra = {k: v for k, v in state.items() if k not in ("step", "weights")}
+    return Checkpoint(path, int(state["step"]), weights, optimizer, rng, extra)
 
 
 def _load_torch(path: Path, map_location) -> Any:

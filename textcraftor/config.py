@@ -417,6 +417,8 @@ class TrainConfig:
     eval_at_start: bool = True  # evaluate the untuned encoder before the first step (baseline)
     eval_batch_size: int = 8  # images per forward pass at evaluation
     inject_nan_at: int = 0  # fault injection for tests: the loss is NaN at this step (0 = never)
+    unet_pass_budget: int = 0  # matched cost: training ends after the first step at which the
+    #   run's UNet passes (train/unet_passes summed) reach it, train.steps the cap; 0 = off
 
     def __post_init__(self) -> None:
         require_finite("train", self)
@@ -425,6 +427,8 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 1, f"train.{name}", f"must be >= 1, got {value}")
         require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+        require(self.unet_pass_budget >= 0, "train.unet_pass_budget",
+                f"must be >= 0 (0 = off), got {self.unet_pass_budget}")
         require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         require(self.max_grad_norm >= 0, "train.max_grad_norm",
                 f"must be >= 0, got {self.max_grad_norm}")

@@ -78,6 +78,7 @@ class TextCraftor:
         self.folder = RunFolder(self.run_dir, rank)
         self.show_progress = show_progress and rank == 0
         self.step = 0
+        self.unet_passes = 0.0  # UNet passes of every step so far (train.unet_pass_budget)
         self.stop_requested = False  # set by request_stop: end after this step's checkpoint
         self._last_checkpoint: Path | None = None
         m, d = config.model, config.data
@@ -195,7 +196,7 @@ class TextCraftor:
             return self.policy_gradient_step(step)
         started = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        ks, calls, grad_calls = [], 0, 0
+        ks, calls, grad_calls, passes = [], 0, 0, 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         for micro in range(t.grad_accum):
@@ -206,6 +207,7 @@ class TextCraftor:
             if self.pairs is not None:
                 ks.append(1)
                 calls, grad_calls = calls + 1, grad_calls + 1
+                passes += 2 * t.batch_size  # one call, its backward (no checkpointing)
                 start = (index * self.world_size + self.rank) * t.batch_size
                 images, captions = self.pairs.batch(start, t.batch_size)
                 loss, scores = self.direct_loss(images, captions, seeds)
@@ -215,6 +217,9 @@ class TextCraftor:
                 ks.append(len(truncation.grad_steps))
                 calls += truncation.unet_calls()
                 grad_calls += truncation.grad_calls()
+                recompute = 1 if s.checkpointing else 0
+                passes += t.batch_size * (truncation.unet_calls()
+                                          + (1 + recompute) * truncation.grad_calls())
                 prompts = [p.text for p in self.prompt_sampler.batch(index)]
                 loss, scores = self.forward_loss(prompts, seeds, truncation)
             if step == t.inject_nan_at:
@@ -230,13 +235,22 @@ class TextCraftor:
                    for k, v in metrics.items()}
         # the K this step drew (steps of the chain with gradient; random_k, x0_shortcut and
         # drtune draw it; mean over accumulated batches): a metric name no config path can
-        # take, unlike the searched sample.k. The cost: guided UNet calls per step (each on the
-        # CFG-doubled micro-batch; summed over accumulation), those with gradient, peak memory.
-        cost = {"train/unet_calls": float(calls), "train/unet_grad_calls": float(grad_calls)}
+        # take, unlike the searched sample.k
+        return {**metrics, "train/k_drawn": sum(ks) / len(ks),
+                **self._cost(calls, grad_calls, passes), "step_s": elapsed,
+                "images_per_s": images / elapsed}
+
+    def _cost(self, calls: int, grad_calls: int, passes: int) -> dict[str, float]:
+        """What one step cost this rank: guided UNet calls (each on a micro-batch, CFG-doubled;
+        summed over accumulation), those with gradient, UNet passes (forward calls, backward
+        passes and checkpoint recomputations, each counted once per latent it runs on: the unit
+        of ``train.unet_pass_budget``), and on CUDA the step's peak memory."""
+        self.unet_passes += passes
+        cost = {"train/unet_calls": float(calls), "train/unet_grad_calls": float(grad_calls),
+                "train/unet_passes": float(passes), "train/unet_passes_total": self.unet_passes}
         if self.device.type == "cuda":
             cost["train/peak_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
-        return {**metrics, "train/k_drawn": sum(ks) / len(ks), **cost, "step_s": elapsed,
-                "images_per_s": images / elapsed}
+        return cost
 
     def policy_gradient_step(self, step: int) -> dict[str, float]:
         """sample.truncation=policy_gradient (``textcraftor.policy_gradient``): roll out every
@@ -248,12 +262,17 @@ class TextCraftor:
         t, p = self.config.train, self.config.policy
         started = time.perf_counter()
         rollouts = []
+        calls = grad_calls = passes = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         for micro in range(t.grad_accum):
             index = (step - 1) * t.grad_accum + micro
             prompts = [q.text for q in self.prompt_sampler.batch(index)
                        for _ in range(p.samples_per_prompt)]
             seeds = noise_seeds(t.seed, step, micro, self.rank, count=len(prompts))
             rollouts.append(self.policy.rollout(prompts, seeds))
+            calls += self.config.sample.num_steps  # the rollout's chain, no gradient
+            passes += self.config.sample.num_steps * len(prompts)
         self.policy.normalise(rollouts)
         rewards = {name: torch.cat([r.scores[name] for r in rollouts]).mean()
                    for name in rollouts[0].scores}
@@ -264,6 +283,9 @@ class TextCraftor:
                 rng = random.Random(f"pg:{t.seed}:{step}:{micro}:{epoch}:{self.rank}")
                 chosen = self.policy.steps(rollout, rng)
                 counts.append(len(chosen))
+                # each chosen step: one UNet call with gradient and its backward
+                calls, grad_calls = calls + len(chosen), grad_calls + len(chosen)
+                passes += 2 * len(chosen) * len(rollout.prompts)
                 for i in chosen:  # one backward per step: one UNet call's activations at once
                     loss, stats = self.policy.step_loss(rollout, i)
                     if step == t.inject_nan_at:
@@ -279,7 +301,8 @@ class TextCraftor:
                    for k, v in metrics.items()}
         images = sum(len(r.prompts) for r in rollouts) * self.world_size
         # train/k_drawn: the chain steps trained per micro-batch (policy.timestep_fraction·T)
-        return {**metrics, "train/k_drawn": sum(counts) / len(counts), "step_s": elapsed,
+        return {**metrics, "train/k_drawn": sum(counts) / len(counts),
+                **self._cost(calls, grad_calls, passes), "step_s": elapsed,
                 "images_per_s": images / elapsed}
 
     # --- evaluation ------------------------------------------------------------------------
@@ -307,7 +330,8 @@ class TextCraftor:
         m, t = self.config.model, self.config.train
         weights = trained_weights(self.pipeline, m)
         path = save_checkpoint(self.run_dir, self.step, weights, self.optimizer,
-                               extra={"source": m.source}, keep=t.keep_checkpoints,
+                               extra={"source": m.source, "unet_passes": self.unet_passes},
+                               keep=t.keep_checkpoints,
                                files=self.folder.evaluation_files(self.step),
                                folders=adapter_folders(self.pipeline, m))
         self._last_checkpoint = path
@@ -322,11 +346,13 @@ class TextCraftor:
         if checkpoint.rng is not None:
             restore_rng(checkpoint.rng)
         self.step = checkpoint.step
+        self.unet_passes = float(checkpoint.extra.get("unet_passes", 0.0))
         self._last_checkpoint = Path(path)
         log.info("resumed from %s at step %d", path, self.step)
 
     def fit(self) -> dict[str, float]:
-        """Train to ``train.steps``; returns the final metrics (last step + last evaluation)."""
+        """Train to ``train.steps`` (or until ``train.unet_pass_budget`` is spent); returns the
+        final metrics (last step + last evaluation)."""
         t = self.config.train
         self.folder.prepare(to_dict(self.config), self.step if self._last_checkpoint else -1)
         log.info("run %s: %d prompts train / %d held-out, world %d, device %s", self.run_dir,
@@ -336,7 +362,7 @@ class TextCraftor:
             last.update(self._evaluate_and_report(baseline=True))
         progress = tqdm(total=t.steps, initial=self.step, disable=not self.show_progress,
                         desc="textcraftor", dynamic_ncols=True)
-        while self.step < t.steps:
+        while not self.finished():
             metrics = self.train_step(self.step + 1)
             self.step += 1
             last.update(metrics)
@@ -344,18 +370,27 @@ class TextCraftor:
             self._emit(TrainEvent("step", self.step, metrics))
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.4g}", k=metrics["train/k_drawn"])
-            done = self.step == t.steps
+            done = self.step == t.steps or self.budget_spent()
             if done or (t.eval_every and self.step % t.eval_every == 0):
                 last.update(self._evaluate_and_report())
             if done or self.step % t.save_every == 0 or self.stop_requested:
                 self.replicas.check_identical()  # never checkpoint replicas that drifted apart
                 path = self.save()
                 self._emit(TrainEvent("checkpoint", self.step, last, str(path) if path else None))
-            if self.stop_requested:  # e.g. a study's early stopping at this evaluation
+            if self.stop_requested or done:  # early stopping at this evaluation, or the budget
                 break
         progress.close()
         self._emit(TrainEvent("end", self.step, last))
         return last
+
+    def budget_spent(self) -> bool:
+        """Whether train.unet_pass_budget is set and this run's UNet passes have reached it."""
+        budget = self.config.train.unet_pass_budget
+        return bool(budget) and self.unet_passes >= budget
+
+    def finished(self) -> bool:
+        """Training is complete: train.steps reached, or the UNet-pass budget spent."""
+        return self.step >= self.config.train.steps or self.budget_spent()
 
     def request_stop(self) -> None:
         """End ``fit`` after this step's evaluation and checkpoint, as a finished run (an "end"
