@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import types
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,8 @@ from textcraftor.configio import (
 )
 from textcraftor.dial_grid import FINETUNED_STEP_NAMES
 
-SAMPLERS = ("tpe", "gp", "nsga2", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")  # grid: Optuna's GridSampler, every
+#                                                       combination of the searched choices once
 # Optuna's own defaults: TPE and GP sample this many trials at random before their model
 # (n_startup_trials); NSGA-II's first generation (population_size trials) is random
 OPTUNA_STARTUP_TRIALS = 10
@@ -189,6 +191,29 @@ def check_search(search: Mapping[str, Distribution], base: RunConfig,
                 f"outside this distribution; set base.{path} inside it")
 
 
+def grid_points(search: Mapping[str, Distribution]) -> dict[str, list[Any]]:
+    """tuner.sampler grid's space: every searched path's choices (Optuna's GridSampler)."""
+    return {path: list(distribution.choices or ()) for path, distribution in search.items()}
+
+
+def check_grid(search: Mapping[str, Distribution], base: RunConfig, num_samples: int) -> None:
+    """tuner.sampler grid: every searched path categorical and read by every trial (a field of
+    one estimator only when the base runs it and sample.truncation is not searched), and
+    tuner.num_samples the number of combinations (each drawn once). Raises ConfigError naming
+    the field."""
+    fixed = None if ESTIMATOR_PATH in search else base.sample.truncation
+    for path, distribution in search.items():
+        require(distribution.choices is not None, f"search.{path}",
+                "tuner.sampler grid needs choices: [...] (a range has no grid)")
+        require(estimator_of(path) in (None, fixed), f"search.{path}",
+                f"tuner.sampler grid: only sample.truncation={estimator_of(path)} reads it, and "
+                f"a grid point must apply to every trial; fix it in base, or use tpe")
+    size = math.prod(len(choices) for choices in grid_points(search).values())
+    require(num_samples == size, "tuner.num_samples",
+            f"tuner.sampler grid has {size} combinations of the searched choices, each drawn "
+            f"once: set num_samples {size}, got {num_samples}")
+
+
 @dataclass(frozen=True)
 class ObjectiveConfig:
     names: tuple[str, ...] = ("quality", "diversity")  # any of quality, diversity, alignment
@@ -273,7 +298,8 @@ class DialConfig:
 
 @dataclass(frozen=True)
 class TunerConfig:
-    sampler: str = "tpe"  # tpe | gp | nsga2 | random (Optuna's TPE, GP, NSGA-II, random samplers)
+    sampler: str = "tpe"  # tpe | gp | nsga2 | random | grid (Optuna's TPE, GP, NSGA-II, random
+    #                       and grid samplers; grid: categorical paths only, each combination once)
     seed: int = 0  # sampler seed
     n_startup_trials: int | None = None  # tpe/gp: random trials before the model (None: 10)
     population_size: int | None = None  # nsga2: trials per generation, the first random (None: 50)
@@ -303,6 +329,9 @@ class TunerConfig:
                 f"applies to scheduler moasha, not {self.scheduler!r}")
         require(self.reduction_factor >= 2, "tuner.reduction_factor",
                 f"must be >= 2 (each rung keeps the best 1/η), got {self.reduction_factor}")
+        require(self.sampler != "grid" or not self.reference_first, "tuner.reference_first",
+                "sampler grid visits every combination once, the base's among them: set "
+                "reference_first false (an extra first trial would run the base's twice)")
         if self.n_startup_trials is not None:
             require(self.sampler in ("tpe", "gp"), "tuner.n_startup_trials",
                     f"applies to sampler tpe or gp, not {self.sampler!r}")
@@ -326,13 +355,13 @@ class TunerConfig:
             return self.n_startup_trials or OPTUNA_STARTUP_TRIALS
         if self.sampler == "nsga2":
             return self.population_size or OPTUNA_POPULATION_SIZE
-        return self.num_samples
+        return 0 if self.sampler == "grid" else self.num_samples
 
     def random_search_warning(self) -> str | None:
         """A warning when every trial falls in the sampler's random start (the study is random
         search), naming the fields that change it; None when the sampler gets to search."""
         start = self.random_trials()
-        if self.sampler == "random" or self.num_samples > start:
+        if self.sampler in ("random", "grid") or self.num_samples > start:
             return None
         field = "tuner.population_size" if self.sampler == "nsga2" else "tuner.n_startup_trials"
         return (f"tuner.num_samples = {self.num_samples} <= the {start} random trials "
@@ -486,6 +515,8 @@ class StudyConfig:
         require(self.tuner.scheduler != "asha" or len(self.objectives.names) == 1,
                 "tuner.scheduler", "asha supports one objective only; use fifo with two")
         check_search(self.search, self.base, self.tuner.reference_first)
+        if self.tuner.sampler == "grid":
+            check_grid(self.search, self.base, self.tuner.num_samples)
         if self.tuner.scheduler == "moasha":
             object.__setattr__(self, "tuner", replace(self.tuner, rungs=moasha_rungs(self)))
         own = dict(self.base.eval.quality_weights)

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,8 @@ def make_searcher(study: StudyConfig):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from study.config import grid_points
+    from study.grid import TuneGridSampler
     from study.resume import StudySearch
     from study.space import DefineByRun, reference_point
 
@@ -299,7 +302,8 @@ def make_searcher(study: StudyConfig):
               "nsga2": "population_size"}.get(t.sampler)
     options = {option: t.random_trials()} if option else {}
     samplers = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler,
-                "nsga2": optuna.samplers.NSGAIISampler, "random": optuna.samplers.RandomSampler}
+                "nsga2": optuna.samplers.NSGAIISampler, "random": optuna.samplers.RandomSampler,
+                "grid": partial(TuneGridSampler, grid_points(study.search))}
     storage_url = t.storage or f"sqlite:///{study.sweep_dir / 'optuna.db'}"
     names = list(study.objectives.names)
     searcher = OptunaSearch(

@@ -322,3 +322,44 @@ def test_a_negative_budget_is_refused():
     with pytest.raises(ConfigError, match=r"train.unet_pass_budget: must be >= 0 \(0 = off\), "
                                           r"got -1"):
         load_run_config(overrides=["train.unet_pass_budget=-1"])
+
+
+def test_a_grid_study_draws_each_estimator_once_per_repeat():
+    """tuner.sampler grid (Optuna's GridSampler) over study/configs/estimators.yaml's
+    estimators: every combination once, in some order."""
+    import optuna
+
+    from study.config import grid_points, load_study_config
+    from study.grid import TuneGridSampler
+    from study.space import DefineByRun
+
+    study = load_study_config("study/configs/estimators.yaml")
+    estimators = list(study.search["sample.truncation"].choices)
+    assert study.tuner.num_samples == len(estimators)
+    space = DefineByRun(study)
+    # ask and tell, as Tune's OptunaSearch does (Optuna's own GridSampler raises at the last
+    # tell: it stops the study, which only works inside Study.optimize)
+    trials = optuna.create_study(sampler=TuneGridSampler(grid_points(study.search), seed=0))
+    drawn = []
+    for _ in estimators:
+        trial = trials.ask()
+        space(trial)
+        drawn.append(trial.params["sample.truncation"])
+        trials.tell(trial, 0.0)
+    assert sorted(drawn) == sorted(estimators)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tuner.num_samples=5", "tuner.num_samples: tuner.sampler grid has 6 combinations"),
+    ("tuner.reference_first=true", "tuner.reference_first: sampler grid visits every"),
+    ("search={sample.truncation: {choices: [last_k, drtune]}, sample.k: {low: 1, high: 5}}",
+     "search.sample.k: tuner.sampler grid needs choices"),
+    ("search={sample.truncation: {choices: [last_k, drtune]}, sample.drtune_k: {choices: [2]}}",
+     "search.sample.drtune_k: tuner.sampler grid: only sample.truncation=drtune reads it"),
+])
+def test_a_grid_study_is_checked_naming_the_field(override, message):
+    from study.config import load_study_config
+
+    with pytest.raises(ConfigError) as error:
+        load_study_config("study/configs/estimators.yaml", [override])
+    assert message in str(error.value)
