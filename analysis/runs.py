@@ -135,6 +135,8 @@ def _run_row(run, objectives: Sequence[str]) -> dict:
         "checkpoint": tags.get("checkpoint"),
         "run_dir": tags.get("run_dir"),
         "model": params.get("base.model.source"),
+        # the gradient estimator: searched (sample.truncation, below) or the base's
+        "estimator": params.get("sample.truncation", params.get("base.sample.truncation")),
         "missing": ",".join(o for o in objectives if o not in metrics),
     }
     row.update(metrics)

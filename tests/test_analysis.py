@@ -1,5 +1,5 @@
 """The analysis package against a real tiny sweep's MLflow store: tidy tables, the per-category
-breakdown, the HTML report opened in headless Chromium, the four notebooks executed top to
+breakdown, the HTML report opened in headless Chromium, the five notebooks executed top to
 bottom, and the runs served by a real ``mlflow server`` over its REST API."""
 
 from __future__ import annotations
@@ -272,8 +272,37 @@ def test_report_on_unknown_experiment_fails_clearly(store, run_module, tmp_path)
     assert result.returncode == 2 and "no MLflow experiment 'missing'" in result.stderr
 
 
+def test_estimator_gains_pool_each_estimators_paired_differences(store):
+    """analysis.estimators on the sweep's store: a row per (estimator, score); an estimator
+    with one finished trial has that trial's paired quality difference (the sweep's own
+    summary), its interval around it; the costs are the trials' logged ones."""
+    from analysis.estimators import estimator_gains, estimators_reading, gains_wide
+
+    uri, _, summary = store
+    study = load_runs(uri, EXPERIMENT, "e2e")
+    gains = estimator_gains(study)
+    finished = [t for t in summary["trials"] if t["status"] == "TERMINATED"
+                and (t.get("vs_baseline") or {}).get("quality")]
+    by_estimator: dict[str, list] = {}
+    for trial in finished:
+        by_estimator.setdefault(trial["params"]["sample.truncation"], []).append(trial)
+    assert set(gains["estimator"]) == set(by_estimator)
+    for estimator, trials in by_estimator.items():
+        quality = gains[(gains["estimator"] == estimator) & (gains["score"] == "quality")]
+        assert len(quality) == 1
+        row = quality.iloc[0]
+        assert row["repeats"] == len(trials) and row["prompts"] == 4
+        expected = sum(t["vs_baseline"]["quality"]["difference"] for t in trials) / len(trials)
+        assert row["gain"] == pytest.approx(expected, abs=1e-9)
+        assert row["gain_ci_low"] <= row["gain"] <= row["gain_ci_high"]
+        assert row["unet_passes"] > 0 and row["steps"] > 0
+    wide = gains_wide(gains)
+    assert set(wide["estimator"]) == set(by_estimator)
+    assert "UNet passes" in estimators_reading(gains)
+
+
 # The notebooks that read a study's MLflow store (05 trains its own runs: test_shapes_preset).
-NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("0[1-4]_*.ipynb"))
+NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("0[1-46]_*.ipynb"))
 
 
 def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, dial, tmp_path):
@@ -283,7 +312,7 @@ def test_notebooks_execute_top_to_bottom_and_end_with_a_reading(store, dial, tmp
     uri, _, _ = store
     assert [n.name for n in NOTEBOOKS] == [
         "01_weights_vs_constraint.ipynb", "02_truncation_depth.ipynb",
-        "03_dials.ipynb", "04_model_size.ipynb"]
+        "03_dials.ipynb", "04_model_size.ipynb", "06_estimators.ipynb"]
     env = {"PYTHONPATH": str(REPO)}
     os.environ.update(env)
     for notebook in NOTEBOOKS:

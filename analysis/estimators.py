@@ -1,0 +1,165 @@
+"""The gradient estimators side by side at a matched cost (``study/configs/estimators.yaml``,
+notebook 06): per sweep and estimator, each held-out score's gain over the sweep's own untuned
+model, pooled over the estimator's repeats, against what its training cost.
+
+A gain is paired: every trial and its sweep's baseline score the same held-out prompts with the
+same noise seeds. Per prompt, a repeat's difference is the mean over the seeds of trial −
+baseline; the estimator's gain is the mean over prompts and repeats, and its 95 % interval the
+two-stage bootstrap of ``textcraftor.bootstrap.nested_interval`` over [prompts, repeats]
+(prompts resampled, then repeats within each): it spans both the prompts and the training
+seeds. The level is the mean score of the repeats, with the same interval. Costs are the means
+over the repeats of what each trial logged: optimizer steps, UNet passes (the budget's unit),
+training seconds (the sum of its steps' wall) and, on CUDA, the steps' peak memory. No model
+runs here: MLflow only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.runs import StudyRuns, download, latest_artifact, sweep_summaries
+from textcraftor.bootstrap import nested_interval
+
+# held-out scores: the study's objectives and the two rewards and the oracle's accuracy they
+# are made of; diversity is per prompt (across seeds), the others per image
+SCORES = ("quality", "aesthetic", "clip", "alignment", "oracle_all", "diversity")
+
+
+def score_values(table: Mapping[str, Any], name: str) -> np.ndarray | None:
+    """One score of an evaluation table (``eval/step_N.json``) per prompt, [P]: the seeds' mean
+    of a per-image score, or the per-prompt value; None when the table lacks it."""
+    per_seed = table.get("per_seed") or {}
+    if name in per_seed:
+        return np.nanmean(np.asarray(per_seed[name], dtype=float), axis=1)
+    rows = table.get("prompts") or []
+    if rows and all(name in row for row in rows):
+        return np.asarray([row[name] for row in rows], dtype=float)
+    return None
+
+
+def evaluation_table(study: StudyRuns, run_id: str) -> dict[str, Any] | None:
+    """The latest evaluation table a run logged to MLflow, or None."""
+    client = study.client()
+    path = latest_artifact(client, run_id, "eval")
+    return json.loads(download(client, run_id, path).read_text()) if path else None
+
+
+def estimator_of_run(row: Mapping[str, Any]) -> str:
+    """A run's gradient estimator: its searched sample.truncation, else its sweep's base's."""
+    for key in ("sample.truncation", "estimator"):
+        value = row.get(key)
+        if isinstance(value, str):
+            return value
+    return "unknown"
+
+
+def estimator_gains(study: StudyRuns, scores: Sequence[str] = SCORES) -> pd.DataFrame:
+    """One row per (sweep, estimator, score): repeats (N trials), prompts (P), level with
+    level_ci_low/high, baseline (the untuned model's mean), gain with gain_ci_low/high (paired,
+    over prompts and repeats), and the costs: steps, unet_passes, train_s, peak_memory_bytes
+    (NaN off CUDA). Trials that did not finish, and sweeps without a baseline evaluation, are
+    left out."""
+    runs = study.runs
+    summaries = sweep_summaries(study)
+    rows = []
+    for sweep, group in runs.groupby("sweep"):
+        base = group[group["kind"] == "baseline"]
+        reference = evaluation_table(study, base["run_id"].iloc[0]) if len(base) else None
+        if reference is None:
+            continue
+        trials = group[(group["kind"] == "trial") & (group["status"] == "FINISHED")]
+        timing = {str(t["trial_id"]): t for t in (summaries.get(sweep) or {}).get("trials", [])}
+        by_estimator: dict[str, list[tuple[Mapping[str, Any], dict]]] = {}
+        for _, trial in trials.iterrows():
+            table = evaluation_table(study, trial["run_id"])
+            if table is not None and table.get("seeds") == reference.get("seeds"):
+                by_estimator.setdefault(estimator_of_run(trial), []).append((trial, table))
+        for estimator, members in sorted(by_estimator.items()):
+            cost = _costs([trial for trial, _ in members], timing)
+            for name in scores:
+                base_values = score_values(reference, name)
+                values = [score_values(table, name) for _, table in members]
+                if base_values is None or any(v is None or v.shape != base_values.shape
+                                              for v in values):
+                    continue
+                levels = np.stack(values, axis=1)  # [P, R]
+                level = nested_interval(levels)
+                gain = nested_interval(levels - base_values[:, None])
+                rows.append({"sweep": sweep, "estimator": estimator, "score": name,
+                             "repeats": len(values), "prompts": len(base_values),
+                             "level": level.mean, "level_ci_low": level.low,
+                             "level_ci_high": level.high,
+                             "baseline": float(np.nanmean(base_values)),
+                             "gain": gain.mean, "gain_ci_low": gain.low,
+                             "gain_ci_high": gain.high, **cost})
+    return pd.DataFrame(rows)
+
+
+def _costs(trials: Sequence[Mapping[str, Any]], timing: Mapping[str, Mapping[str, Any]]
+           ) -> dict[str, float]:
+    """Means over the repeats of the trials' logged costs (NaN where none logged it)."""
+    def mean(values: Sequence[Any]) -> float:
+        finite = [float(v) for v in values if v is not None and _finite(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    summary = [timing.get(str(t["trial_id"]), {}) for t in trials]
+    return {"steps": mean([s.get("steps") for s in summary]),
+            "unet_passes": mean([t.get("train/unet_passes_total") for t in trials]),
+            "train_s": mean([s.get("train_time_s") for s in summary]),
+            "peak_memory_bytes": mean([t.get("train/peak_memory_bytes") for t in trials])}
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def gains_wide(table: pd.DataFrame, scores: Sequence[str] = SCORES) -> pd.DataFrame:
+    """``estimator_gains`` as one row per (sweep, estimator): each score's gain written
+    "+g [lo, hi]", then the costs."""
+    if table.empty:
+        return table
+    rows = []
+    for (sweep, estimator), group in table.groupby(["sweep", "estimator"], sort=False):
+        first = group.iloc[0]
+        row = {"sweep": sweep, "estimator": estimator, "repeats": int(first["repeats"])}
+        for _, score in group.iterrows():
+            if score["score"] in scores:
+                row[score["score"]] = (f"{score['gain']:+.3g} [{score['gain_ci_low']:+.3g}, "
+                                       f"{score['gain_ci_high']:+.3g}]")
+        row.update({"steps": first["steps"], "unet_passes": first["unet_passes"],
+                    "train_s": first["train_s"], "peak_memory_bytes": first["peak_memory_bytes"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def estimators_reading(table: pd.DataFrame) -> str:
+    """The comparison in words, every figure from ``table`` (``estimator_gains``)."""
+    if table.empty:
+        return ("No finished trial with an evaluation here: run study/configs/estimators.yaml "
+                "(its header gives both sweeps' commands).")
+    lines = []
+    for (sweep, estimator), group in table.groupby(["sweep", "estimator"], sort=False):
+        first = group.iloc[0]
+        parts = []
+        for _, row in group.iterrows():
+            verdict = ("better" if row["gain_ci_low"] > 0 else "worse" if row["gain_ci_high"] < 0
+                       else "indistinguishable")
+            parts.append(f"{row['score']} {row['gain']:+.3g} [{row['gain_ci_low']:+.3g}, "
+                         f"{row['gain_ci_high']:+.3g}] ({verdict})")
+        lines.append(f"- **{estimator}** ({sweep}; N = {int(first['repeats'])} repeats × "
+                     f"{int(first['prompts'])} prompts; {first['steps']:.0f} steps, "
+                     f"{first['unet_passes']:.0f} UNet passes, {first['train_s']:.0f} s of "
+                     f"training): " + "; ".join(parts) + ".")
+    lines.append("\nGains are paired against each sweep's own untuned model, 95 % intervals "
+                 "over prompts and repeats. Sweeps with another sampling (policy_gradient's "
+                 "η = 1) have their own baseline: compare their gains, not their levels.")
+    return "\n".join(lines)
