@@ -160,7 +160,11 @@ def pipeline_config(base, spec: PipelineSpec, runs: Mapping[str, tuple[Path, Any
     """``base`` (the shared evaluation's run config) for ``spec``: its model.source, the UNet
     run's UNet mode and LoRA rank, no KID/FID (which needs each model's own reference images),
     no sample grid, a scratch output folder."""
-    model = replace(base.model, source=spec.model, text_encoder_from=None)
+    from textcraftor.config import TextEncoderLoraConfig
+
+    # the whole encoder trainable, no LoRA attached: a text-encoder LoRA is merged into it
+    model = replace(base.model, source=spec.model, text_encoder_from=None,
+                    train_text_encoder=True, text_encoder_lora=TextEncoderLoraConfig())
     if spec.unet is not None and runs[spec.unet][1] is not None:
         tuned = runs[spec.unet][1].model
         model = replace(model, train_unet=tuned.train_unet, lora_rank=tuned.lora_rank)
@@ -171,13 +175,40 @@ def pipeline_config(base, spec: PipelineSpec, runs: Mapping[str, tuple[Path, Any
                    train=replace(base.train, sample_grid=False))
 
 
+def put_text_encoder(pipeline, spec: PipelineSpec, runs: Mapping[str, tuple[Path, Any]]
+                     ) -> None:
+    """The tuned text encoder of ``spec.text_encoder`` into ``pipeline``: the whole encoder
+    (``generate.transfer_text_encoder``, checked against the tower), or a text-encoder LoRA
+    merged into it at scale 1 (``generate.merge_adapter_option``, TexForce's combination when
+    the UNet part is another run's LoRA). Raises ConfigError naming the pipeline."""
+    import json
+
+    from textcraftor.checkpoint import STATE_FILE
+    from textcraftor.generate import (
+        merge_adapter_option,
+        parse_adapter,
+        transfer_text_encoder,
+    )
+    from textcraftor.lora import TEXT_ENCODER_LORA
+
+    held = json.loads((runs[spec.text_encoder][0] / STATE_FILE).read_text()).get("weights", [])
+    try:
+        if TEXT_ENCODER_LORA in held:
+            merge_adapter_option(pipeline, parse_adapter(spec.text_encoder, "--text-encoder-lora"),
+                                 spec.model)
+        else:
+            transfer_text_encoder(pipeline, spec.text_encoder, spec.model)
+    except ConfigError as error:
+        raise ConfigError(f"--pipeline {spec.name}: text_encoder={spec.text_encoder}: "
+                          f"{error}") from error
+
+
 def evaluate_pipeline(base, spec: PipelineSpec, runs: Mapping[str, tuple[Path, Any]],
                       objectives: Sequence[str], device: str) -> dict[str, Any]:
     """Assemble and evaluate one pipeline: {name, model, text_encoder, unet, <objective>,
     <objective>_ci_low/_ci_high, num_prompts, num_seeds, wall_s, table (per prompt, for the
     pairing)}."""
     from textcraftor.checkpoint import load_checkpoint
-    from textcraftor.generate import transfer_text_encoder
     from textcraftor.trainable import load_unet_weights
     from textcraftor.trainer import TextCraftor
 
@@ -186,7 +217,7 @@ def evaluate_pipeline(base, spec: PipelineSpec, runs: Mapping[str, tuple[Path, A
         config = pipeline_config(base, spec, runs, Path(scratch))
         trainer = TextCraftor(config, device=device, show_progress=False)
         if spec.text_encoder is not None:
-            transfer_text_encoder(trainer.pipeline, spec.text_encoder, spec.model)
+            put_text_encoder(trainer.pipeline, spec, runs)
         if spec.unet is not None:
             weights = load_checkpoint(runs[spec.unet][0]).weights
             if "unet" not in weights and "unet_lora" not in weights:

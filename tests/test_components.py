@@ -64,6 +64,26 @@ def test_each_part_is_the_one_its_run_tuned_and_pairs_stay_within_a_model(runs, 
         assert row["quality_ci_low"] <= row["quality"] <= row["quality_ci_high"]
 
 
+def test_a_text_encoder_lora_merges_beside_a_unet_lora(runs, make_trainer, tmp_path):
+    """TexForce's combination: a text-encoder LoRA from one run, merged (scale 1) with a UNet
+    LoRA from another; the LoRA pipeline alone scores as its run scored itself."""
+    _, unet = runs
+    lora = make_trainer(*EVAL, "train.steps=1", "train.lr=0.5", "model.text_encoder_lora.rank=4",
+                        f"output_dir={tmp_path / 'te-lora'}")
+    lora.fit()
+    specs = [parse_pipeline(words.split()) for words in (
+        f"te-lora model=tiny text_encoder={lora.run_dir}", f"unet model=tiny unet={unet}",
+        f"both model=tiny text_encoder={lora.run_dir} unet={unet}")]
+    rows = {row["name"]: row for row in
+            compare_components(specs, objectives=OBJECTIVES)["pipelines"]}
+    quality = {name: row["table"]["per_seed"]["quality"] for name, row in rows.items()}
+    own = own_evaluation(str(lora.run_dir), "quality")
+    for mine, theirs in zip(quality["te-lora"], own):
+        assert mine == pytest.approx(theirs, rel=1e-5)  # merged W + (α/r)·B·A ≈ the adapter
+    assert quality["te-lora"] != quality["tiny/untuned"]
+    assert quality["both"] != quality["te-lora"] and quality["both"] != quality["unet"]
+
+
 def test_an_untuned_pipeline_is_added_per_model_and_identical_pipelines_pair_to_zero(runs):
     te, _ = runs
     table = compare_components([PipelineSpec("tuned", "tiny", text_encoder=te),
