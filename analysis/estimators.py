@@ -9,8 +9,9 @@ two-stage bootstrap of ``textcraftor.bootstrap.nested_interval`` over [prompts, 
 (prompts resampled, then repeats within each): it spans both the prompts and the training
 seeds. The level is the mean score of the repeats, with the same interval. Costs are the means
 over the repeats of what each trial logged: optimizer steps, UNet passes (the budget's unit),
-training seconds (the sum of its steps' wall) and, on CUDA, the steps' peak memory. No model
-runs here: MLflow only.
+training seconds (the sum of its steps' wall) and, on CUDA, the steps' peak memory. A
+noise-optimisation run logged into the experiment (``study.noise_opt``) is a row of its own,
+its cost the optimisation's, spent at inference. No model runs here: MLflow only.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def evaluation_table(study: StudyRuns, run_id: str) -> dict[str, Any] | None:
 
 
 def estimator_of_run(row: Mapping[str, Any]) -> str:
-    """A run's gradient estimator: its searched sample.truncation, else its sweep's base's."""
-    for key in ("sample.truncation", "estimator"):
+    """A run's gradient estimator: its searched sample.truncation, else its sweep's base's; a
+    run of another method logged as a trial (``method``: noise_opt) under the method's name."""
+    for key in ("method", "sample.truncation", "estimator"):
         value = row.get(key)
         if isinstance(value, str):
             return value
@@ -109,10 +111,20 @@ def _costs(trials: Sequence[Mapping[str, Any]], timing: Mapping[str, Mapping[str
         return float(np.mean(finite)) if finite else math.nan
 
     summary = [timing.get(str(t["trial_id"]), {}) for t in trials]
+    # a noise-optimisation run (study.noise_opt) trains nothing: its cost is the optimisation's
+    # (cost/*), spent at inference on the evaluation's own images
     return {"steps": mean([s.get("steps") for s in summary]),
-            "unet_passes": mean([t.get("train/unet_passes_total") for t in trials]),
-            "train_s": mean([s.get("train_time_s") for s in summary]),
-            "peak_memory_bytes": mean([t.get("train/peak_memory_bytes") for t in trials])}
+            "unet_passes": mean([_first(t, "train/unet_passes_total", "cost/unet_passes")
+                                 for t in trials]),
+            "train_s": mean([s.get("train_time_s") or t.get("cost/wall_s")
+                             for s, t in zip(summary, trials)]),
+            "peak_memory_bytes": mean([_first(t, "train/peak_memory_bytes",
+                                              "cost/peak_memory_bytes") for t in trials])}
+
+
+def _first(row: Mapping[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` whose value in ``row`` is a finite number, else None."""
+    return next((row[k] for k in keys if _finite(row.get(k))), None)
 
 
 def _finite(value: Any) -> bool:
@@ -155,10 +167,14 @@ def estimators_reading(table: pd.DataFrame) -> str:
                        else "indistinguishable")
             parts.append(f"{row['score']} {row['gain']:+.3g} [{row['gain_ci_low']:+.3g}, "
                          f"{row['gain_ci_high']:+.3g}] ({verdict})")
+        cost = [f"{first[key]:.0f} {label}" for key, label in
+                (("steps", "steps"), ("unet_passes", "UNet passes"),
+                 ("train_s", "s of " + ("optimisation" if estimator == "noise_opt"
+                                        else "training")))
+                if _finite(first[key])]
         lines.append(f"- **{estimator}** ({sweep}; N = {int(first['repeats'])} repeats × "
-                     f"{int(first['prompts'])} prompts; {first['steps']:.0f} steps, "
-                     f"{first['unet_passes']:.0f} UNet passes, {first['train_s']:.0f} s of "
-                     f"training): " + "; ".join(parts) + ".")
+                     f"{int(first['prompts'])} prompts; {', '.join(cost) or 'no cost logged'}): "
+                     + "; ".join(parts) + ".")
     lines.append("\nGains are paired against each sweep's own untuned model, 95 % intervals "
                  "over prompts and repeats. Sweeps with another sampling (policy_gradient's "
                  "η = 1) have their own baseline: compare their gains, not their levels.")

@@ -363,3 +363,31 @@ def test_a_grid_study_is_checked_naming_the_field(override, message):
     with pytest.raises(ConfigError) as error:
         load_study_config("study/configs/estimators.yaml", [override])
     assert message in str(error.value)
+
+
+def test_the_estimators_reading_names_each_method_with_its_cost_and_verdicts():
+    import math
+
+    import pandas as pd
+
+    from analysis.estimators import estimator_of_run, estimators_reading
+
+    assert estimator_of_run({"method": "noise_opt", "estimator": "last_k"}) == "noise_opt"
+    assert estimator_of_run({"sample.truncation": "drtune", "estimator": "last_k"}) == "drtune"
+    assert estimator_of_run({"estimator": "policy_gradient"}) == "policy_gradient"
+    row = {"sweep": "estimators", "repeats": 2, "prompts": 32, "level": 1.0,
+           "level_ci_low": 0.5, "level_ci_high": 1.5, "baseline": 0.0, "unet_passes": 4800.0,
+           "peak_memory_bytes": math.nan}
+    table = pd.DataFrame([
+        {**row, "estimator": "drtune", "score": "quality", "gain": 1.5, "gain_ci_low": 0.2,
+         "gain_ci_high": 2.8, "steps": 57.0, "train_s": 80.0},
+        {**row, "estimator": "drtune", "score": "diversity", "gain": -0.1, "gain_ci_low": -0.2,
+         "gain_ci_high": -0.01, "steps": 57.0, "train_s": 80.0},
+        {**row, "estimator": "noise_opt", "score": "quality", "gain": 0.3, "gain_ci_low": -0.4,
+         "gain_ci_high": 1.0, "steps": math.nan, "train_s": 290.0, "repeats": 1}])
+    text = estimators_reading(table)
+    assert ("**drtune** (estimators; N = 2 repeats × 32 prompts; 57 steps, 4800 UNet passes, "
+            "80 s of training): quality +1.5 [+0.2, +2.8] (better); diversity -0.1 [-0.2, "
+            "-0.01] (worse).") in text
+    assert ("**noise_opt** (estimators; N = 1 repeats × 32 prompts; 4800 UNet passes, 290 s of "
+            "optimisation): quality +0.3 [-0.4, +1] (indistinguishable).") in text

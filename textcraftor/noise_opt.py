@@ -388,6 +388,10 @@ def run(config: RunConfig, options: NoiseOptOptions, device=None) -> dict[str, f
             "cost/unet_calls": float(sum(r.unet_calls for r in results)),
             "cost/unet_latents": float(sum(r.unet_latents for r in results)),
             "cost/images": float(len(pairs)),
+            # the trainer's unit (train/unet_passes): per latent, not CFG-doubled, every forward
+            # call, checkpoint recompute and backward pass (the hook counts no backward)
+            "cost/unet_passes": float(len(pairs) * config.sample.num_steps * (
+                options.iterations * (2 + int(options.checkpointing)) + 1)),
             "cost/peak_memory_bytes": (float(torch.cuda.max_memory_allocated(runner.device))
                                        if runner.device.type == "cuda" else None)}
     images = torch.cat([r.images for r in results]).to(runner.device)
