@@ -112,9 +112,11 @@ def float_fields() -> list[str]:
 
 def test_float_fields_are_all_found():
     assert float_fields() == [
-        "model.unet_lr", "sample.guidance_scale", "sample.eta", "reward.weights.aesthetic",
-        "reward.clip_constraint", "reward.scales.aesthetic", "train.lr", "train.weight_decay",
-        "train.max_grad_norm", "eval.quality_weights.aesthetic"]
+        "model.unet_lr", "sample.guidance_scale", "sample.eta", "sample.drtune_stop_ratio",
+        "reward.weights.aesthetic", "reward.clip_constraint", "reward.scales.aesthetic",
+        "train.lr", "train.weight_decay", "train.max_grad_norm",
+        "eval.quality_weights.aesthetic", "policy.clip_range", "policy.adv_clip_max",
+        "policy.timestep_fraction"]
 
 
 @pytest.mark.parametrize("path", float_fields())

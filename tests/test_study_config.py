@@ -109,7 +109,7 @@ def test_any_field_is_searched_under_its_own_name_with_its_types_distribution(tm
         (["base.train.steps=abc"], "train.steps"),
         (["tuner.num_samples=two"], "tuner.num_samples"),
         (["tuner.scheduler=asha"], "asha supports one objective"),
-        (["tuner.sampler=grid"], "'tpe', 'gp', 'nsga2', 'random'"),
+        (["tuner.sampler=cmaes"], "'tpe', 'gp', 'nsga2', 'random', 'grid'"),
         (["tuner.sampler=random", "tuner.n_startup_trials=3"],
          "tuner.n_startup_trials: applies to sampler tpe or gp, not 'random'"),
         (["tuner.n_startup_trials=0"], "tuner.n_startup_trials: must be >= 1, got 0"),
