@@ -16,7 +16,6 @@ its cost the optimisation's, spent at inference. No model runs here: MLflow only
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.runs import StudyRuns, download, latest_artifact, sweep_summaries
+from analysis.runs import StudyRuns, latest_evaluation, sweep_summaries
 from textcraftor.bootstrap import nested_interval
 
 # held-out scores: the study's objectives and the two rewards and the oracle's accuracy they
@@ -44,13 +43,6 @@ def score_values(table: Mapping[str, Any], name: str) -> np.ndarray | None:
     return None
 
 
-def evaluation_table(study: StudyRuns, run_id: str) -> dict[str, Any] | None:
-    """The latest evaluation table a run logged to MLflow, or None."""
-    client = study.client()
-    path = latest_artifact(client, run_id, "eval")
-    return json.loads(download(client, run_id, path).read_text()) if path else None
-
-
 def estimator_of_run(row: Mapping[str, Any]) -> str:
     """A run's gradient estimator: its searched sample.truncation, else its sweep's base's; a
     run of another method logged as a trial (``method``: noise_opt) under the method's name."""
@@ -68,18 +60,19 @@ def estimator_gains(study: StudyRuns, scores: Sequence[str] = SCORES) -> pd.Data
     (NaN off CUDA). Trials that did not finish, and sweeps without a baseline evaluation, are
     left out."""
     runs = study.runs
+    client = study.client()
     summaries = sweep_summaries(study)
     rows = []
     for sweep, group in runs.groupby("sweep"):
         base = group[group["kind"] == "baseline"]
-        reference = evaluation_table(study, base["run_id"].iloc[0]) if len(base) else None
+        reference = latest_evaluation(client, base["run_id"].iloc[0]) if len(base) else None
         if reference is None:
             continue
         trials = group[(group["kind"] == "trial") & (group["status"] == "FINISHED")]
         timing = {str(t["trial_id"]): t for t in (summaries.get(sweep) or {}).get("trials", [])}
         by_estimator: dict[str, list[tuple[Mapping[str, Any], dict]]] = {}
         for _, trial in trials.iterrows():
-            table = evaluation_table(study, trial["run_id"])
+            table = latest_evaluation(client, trial["run_id"])
             if table is not None and table.get("seeds") == reference.get("seeds"):
                 by_estimator.setdefault(estimator_of_run(trial), []).append((trial, table))
         for estimator, members in sorted(by_estimator.items()):

@@ -186,6 +186,12 @@ def latest_artifact(client: MlflowClient, run_id: str, folder: str) -> str | Non
     return names[-1] if names else None
 
 
+def latest_evaluation(client: MlflowClient, run_id: str) -> dict | None:
+    """The latest evaluation table (``eval/step_N.json``) a run logged to MLflow, or None."""
+    path = latest_artifact(client, run_id, "eval")
+    return json.loads(download(client, run_id, path).read_text()) if path else None
+
+
 def download(client: MlflowClient, run_id: str, path: str, into: Path | None = None) -> Path:
     into = into or Path(tempfile.mkdtemp(prefix="textcraftor-analysis-"))
     return Path(client.download_artifacts(run_id, path, str(into)))
@@ -254,10 +260,9 @@ def prompt_table(study: StudyRuns, run_ids: Sequence[str] | None = None) -> pd.D
     chosen = study.runs if run_ids is None else study.runs[study.runs["run_id"].isin(run_ids)]
     frames = []
     for _, run in chosen.iterrows():
-        path = latest_artifact(client, run["run_id"], "eval")
-        if path is None:
+        data = latest_evaluation(client, run["run_id"])
+        if data is None:
             continue
-        data = json.loads(download(client, run["run_id"], path).read_text())
         frame = pd.DataFrame(data["prompts"])
         frame.insert(0, "step", data["step"])
         for column in ("kind", "trial_id", "run_id"):

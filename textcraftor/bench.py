@@ -174,14 +174,12 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.devi
 
 def peak_step_memory(trainer: TextCraftor, step: int) -> int | None:
     """Bytes allocated at the peak of one training step on CUDA (weights, optimizer state,
-    activations), counted from a reset; None on the CPU."""
+    activations), as the step itself measures it (``train/peak_memory_bytes``, from a reset at
+    its start); None on the CPU."""
     if trainer.device.type != "cuda":
         return None
     _sync(trainer.device)
-    torch.cuda.reset_peak_memory_stats(trainer.device)
-    trainer.train_step(step)
-    _sync(trainer.device)
-    return torch.cuda.max_memory_allocated(trainer.device)
+    return int(trainer.train_step(step)["train/peak_memory_bytes"])
 def saved_activation_bytes(trainer: TextCraftor, prompts, seeds, truncation) -> int:
     """Bytes of distinct tensors autograd saves for backward in one training forward
     (parameters and buffers excluded: they exist anyway)."""

@@ -147,7 +147,7 @@ def _chain(pipeline: Pipeline, latents: torch.Tensor, context: torch.Tensor,
     the same in every iteration (as ``denoise`` draws it)."""
     from torch.utils.checkpoint import checkpoint
 
-    from textcraftor.sampler import SampleNoise, guided_noise
+    from textcraftor.sampler import SampleNoise, ddim_step, guided_noise
 
     noise = SampleNoise(seeds, latents.device)
     noise.draw(latents.shape[1:])  # x_T's draw: DDIM's noise continues after it
@@ -160,9 +160,7 @@ def _chain(pipeline: Pipeline, latents: torch.Tensor, context: torch.Tensor,
                              sample.guidance_scale, use_reentrant=False)
         else:
             eps = guided_noise(pipeline.unet, latents, t, context, sample.guidance_scale)
-        fresh = noise.draw(latents.shape[1:]).to(latents.dtype) if sample.eta > 0 else None
-        latents = scheduler.step(eps, t, latents, eta=sample.eta,
-                                 variance_noise=fresh).prev_sample
+        latents = ddim_step(scheduler, eps, t, latents, sample.eta, noise).prev_sample
     return latents
 
 

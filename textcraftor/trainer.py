@@ -192,13 +192,13 @@ class TextCraftor:
     def train_step(self, step: int) -> dict[str, float]:
         """Gradient accumulation over micro-batches, clipping, one AdamW step; returns metrics."""
         t, s = self.config.train, self.config.sample
+        if self.device.type == "cuda":  # the step's peak memory (_cost), either estimator
+            torch.cuda.reset_peak_memory_stats(self.device)
         if self.policy is not None:
             return self.policy_gradient_step(step)
         started = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         ks, calls, grad_calls, passes = [], 0, 0, 0
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         for micro in range(t.grad_accum):
             index = (step - 1) * t.grad_accum + micro
             # each sample's noise (x_T, DDIM's noise at eta > 0, direct mode's t and noise)
@@ -263,8 +263,6 @@ class TextCraftor:
         started = time.perf_counter()
         rollouts = []
         calls = grad_calls = passes = 0
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         for micro in range(t.grad_accum):
             index = (step - 1) * t.grad_accum + micro
             prompts = [q.text for q in self.prompt_sampler.batch(index)
