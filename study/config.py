@@ -435,6 +435,9 @@ class FaultInjection:
     crash_once_at_step: int = 0  # rank 0 raises just before it reports this step's checkpoint,
     #   once per sweep (a marker file in the sweep folder), so Ray Train restarts the worker
     #   group from the previous committed checkpoint (0 = never; a checkpoint step)
+    pause_once_after_step: int = 0  # rank 0 waits (up to 600 s) after reporting this step's
+    #   checkpoint, once per sweep (a marker file): a test can see the commit and then fail a
+    #   node at a known step (0 = never; a checkpoint step before base.train.steps)
     dial_error: bool = False  # the trial's inference dials raise (the trial itself finishes)
 
     def matches(self, params: Mapping[str, Any]) -> bool:
@@ -452,16 +455,23 @@ class FaultInjection:
         if self.param is not None:
             require_choice(self.param, f"{field_name}.param", tuple(study.search))
             require(self.value is not None, f"{field_name}.value", "needed with param")
-        require(self.nan_at_step >= 0 and self.crash_once_at_step >= 0, field_name,
-                "steps must be >= 0")
-        require(self.nan_at_step > 0 or self.crash_once_at_step > 0 or self.dial_error,
-                field_name, "set nan_at_step or crash_once_at_step (> 0), or dial_error")
+        require(min(self.nan_at_step, self.crash_once_at_step, self.pause_once_after_step) >= 0,
+                field_name, "steps must be >= 0")
+        require(self.nan_at_step > 0 or self.crash_once_at_step > 0
+                or self.pause_once_after_step > 0 or self.dial_error, field_name,
+                "set nan_at_step, crash_once_at_step or pause_once_after_step (> 0), or "
+                "dial_error")
         crash, train = self.crash_once_at_step, study.base.train
         require(not crash or (crash <= train.steps and (crash % train.save_every == 0
                                                         or crash == train.steps)),
                 f"{field_name}.crash_once_at_step",
                 f"{crash} is not a checkpoint step (a multiple of base.train.save_every="
                 f"{train.save_every}, or base.train.steps={train.steps})")
+        pause = self.pause_once_after_step
+        require(not pause or (pause < train.steps and pause % train.save_every == 0),
+                f"{field_name}.pause_once_after_step",
+                f"{pause} is not a checkpoint step before the last (a multiple of "
+                f"base.train.save_every={train.save_every} below base.train.steps={train.steps})")
 
 
 def moasha_rungs(study: StudyConfig) -> tuple[int, ...]:

@@ -167,6 +167,27 @@ def crash_once_before_checkpoint(callback: Callable, step: int, marker: Path, ra
     return wrapped
 
 
+def pause_once_after_checkpoint(callback: Callable, step: int, marker: Path, rank: int,
+                                timeout_s: float = 600.0) -> Callable:
+    """Testing aid: ``callback``, except that rank 0, once ``callback`` has passed on the
+    checkpoint event of ``step``, waits up to ``timeout_s`` before training on — once: ``marker``
+    (a file, written when the wait starts) remembers it. The other ranks wait in their next
+    collective. A test sees the checkpoint committed (its MLflow run's ``checkpoint`` tag) and
+    fails a node while the worker group can make no further progress, so the group resumes
+    from exactly this step; Ray Train's teardown of the group ends the wait."""
+    def wrapped(event) -> None:
+        callback(event)
+        if (rank == 0 and event.kind == "checkpoint" and event.step == step
+                and not marker.exists()):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"paused after reporting the checkpoint of step {step}\n")
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    return wrapped
+
+
 def peak_memory_mb() -> float:
     """Peak accelerator memory of this process (CUDA), else its peak resident set size."""
     import resource
@@ -254,6 +275,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("crash_once_at_step"):
         callback = crash_once_before_checkpoint(reporter, loop_config["crash_once_at_step"],
                                                 Path(loop_config["crash_marker"]), rank)
+    if loop_config.get("pause_once_after_step"):
+        callback = pause_once_after_checkpoint(callback, loop_config["pause_once_after_step"],
+                                               Path(loop_config["pause_marker"]), rank)
     # the objective: the run's active rewards; eval.quality_weights' others are built by the
     # evaluator (scored, never run in a training step)
     trainer = TextCraftor(run, callback=callback,
@@ -292,12 +316,16 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     r = config.resources
     crash = next((f.crash_once_at_step for f in config.fault_injection
                   if f.crash_once_at_step and f.matches(params)), 0)
+    pause = next((f.pause_once_after_step for f in config.fault_injection
+                  if f.pause_once_after_step and f.matches(params)), 0)
     loop_config = {
         "run": to_dict(run),
         "torch_threads": r.torch_threads or max(1, int(r.cpus_per_worker)),
         "trial_started_at": time.time(),
         "crash_once_at_step": crash,  # testing (FaultInjection): once per sweep
         "crash_marker": str(config.sweep_dir / f".injected-crash-step-{crash}"),
+        "pause_once_after_step": pause,  # testing (FaultInjection): once per sweep
+        "pause_marker": str(config.sweep_dir / f".injected-pause-step-{pause}"),
         "trial_id": trial_id,
         # MO-ASHA: where the rung decisions are posted, and at which steps
         "rung_board": board_name(config.name) if config.tuner.scheduler == "moasha" else None,

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,33 @@ def sweep_args(results: Path, tracking_uri: str, address: str, *extra: str) -> l
             "--set", "resources.max_failures=2", *extra]
 
 
-def latest_checkpoint_step(train_dir: Path) -> int:
-    steps = [int(p.name.removeprefix("step_")) for p in train_dir.glob("*/step_*") if p.is_dir()]
-    return max(steps, default=0)
+PAUSED_AT = 4  # the checkpoint step after which a trial's rank 0 waits (fault_injection)
+
+
+def trial_runs(base: str) -> list[dict]:
+    """The sweep's trial runs, as the MLflow server has them now ([] before the experiment)."""
+    try:
+        experiment = rest(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+                          + EXPERIMENT)["experiment"]
+    except urllib.error.HTTPError:
+        return []
+    return rest(base, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [experiment["experiment_id"]], "max_results": 100,
+        "filter": "tags.`textcraftor.kind` = 'trial'"}).get("runs", [])
+
+
+def tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def committed_run(base: str, step: int) -> str | None:
+    """The trial run whose newest checkpoint, as the driver heard of it, is ``step``'s. Ray
+    Train registers a checkpoint before Tune sees its result, and the tracking callback tags
+    the run on that result: the tag is proof of the commit. (A checkpoint *folder* is not: it
+    appears when the upload starts, and a rank's reports queue behind the controller's poll.)"""
+    suffix = f"step_{step:07d}"
+    return next((r["info"]["run_id"] for r in trial_runs(base)
+                 if tags(r).get("checkpoint", "").rstrip("/").endswith(suffix)), None)
 
 
 def test_sweep_spans_two_nodes_and_survives_losing_one(two_node_cluster, tmp_path):
@@ -63,21 +88,22 @@ def test_sweep_spans_two_nodes_and_survives_losing_one(two_node_cluster, tmp_pat
         started = time.perf_counter()
         driver = subprocess.Popen(
             sweep_args(tmp_path / "shared", base, cluster.address, "--num-samples", "2",
-                       "--set", "name=multinode"),
+                       "--set", "name=multinode", "--set",
+                       f"fault_injection=[{{pause_once_after_step: {PAUSED_AT}}}]"),
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-        train_dir = tmp_path / "shared" / "multinode" / "train"
+        marker = tmp_path / "shared" / "multinode" / f".injected-pause-step-{PAUSED_AT}"
         try:
-            # A checkpoint folder appears when its upload starts; it counts once every rank's
-            # report went through. When step 4's folder appears, step 2 is committed: then
-            # lose the worker node.
+            # the first trial's rank 0 waits after reporting step 4's checkpoint; once the
+            # driver has tagged its run with that checkpoint, the commit is certain: then lose
+            # the worker node, while the group cannot train past step 4
             deadline = time.monotonic() + 600
-            while latest_checkpoint_step(train_dir) < 4:
+            paused = None
+            while paused is None:
                 assert driver.poll() is None, driver.stdout.read()[-5000:]
-                assert time.monotonic() < deadline, "no checkpoint within 600 s"
+                assert time.monotonic() < deadline, "no committed checkpoint within 600 s"
                 time.sleep(0.5)
-            latest = latest_checkpoint_step(train_dir)
-            before = latest - 2  # committed for sure (save_every=2); `latest` may be too
+                paused = committed_run(base, PAUSED_AT) if marker.exists() else None
             removed_at = time.perf_counter() - started
             cluster.remove_node(worker)
             time.sleep(3)
@@ -97,28 +123,24 @@ def test_sweep_spans_two_nodes_and_survives_losing_one(two_node_cluster, tmp_pat
                           + EXPERIMENT)["experiment"]
         runs = rest(base, "/api/2.0/mlflow/runs/search", {
             "experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
-
-        def tags(run):
-            return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-
         kinds = sorted(tags(r)["textcraftor.kind"] for r in runs)
         assert kinds == ["baseline", "sweep", "trial", "trial"]  # none lost, none duplicated
         assert all(r["info"]["status"] == "FINISHED" for r in runs)  # none left RUNNING
         trials = [r for r in runs if tags(r)["textcraftor.kind"] == "trial"]
-        metrics = [{m["key"]: m["value"] for m in r["data"]["metrics"]} for r in trials]
-        # one trial lost a worker: its group restarted from the checkpoint taken before
-        resumed = [m["resumed_from_step"] for m in metrics if "resumed_from_step" in m]
-        assert len(resumed) == 1 and before <= resumed[0] <= latest, (before, latest, metrics)
+        resumed = {r["info"]["run_id"]: m["value"] for r in trials for m in r["data"]["metrics"]
+                   if m["key"] == "resumed_from_step"}
+        # the paused trial lost a worker: its group restarted from the checkpoint committed
+        # before the loss; the other trial ran on the replacement node, never restarted
+        assert resumed == {paused: float(PAUSED_AT)}, (paused, resumed)
         # Train workers on two distinct nodes of this cluster, every trial
         everyone = node_ids | {replacement.node_id}
         for run in trials:
             nodes = set(tags(run)["worker_nodes"].split(","))
             assert len(nodes) == 2 and nodes <= everyone, (nodes, everyone)
         print(f"\nmulti-node sweep: {wall:.1f} s wall; nodes {sorted(node_ids)}; replacement "
-              f"{replacement.node_id}; worker node removed at {removed_at:.1f} s (checkpoints "
-              f"up to step {latest} written, {before} committed); resumed from step "
-              f"{resumed[0]:g}; workers per trial: "
-              f"{[tags(r)['worker_nodes'] for r in trials]}")
+              f"{replacement.node_id}; worker node removed at {removed_at:.1f} s, step "
+              f"{PAUSED_AT}'s checkpoint committed; resumed from step {resumed[paused]:g}; "
+              f"workers per trial: {[tags(r)['worker_nodes'] for r in trials]}")
 
 
 def test_tracking_server_lost_mid_sweep_is_reported_and_training_goes_on(tmp_path):

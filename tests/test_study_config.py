@@ -341,3 +341,35 @@ def test_alignment_as_the_oracle_needs_an_oracle_named_before_any_trial():
                                  "objectives.diversity=attributes"])
     clip = load_study_config(None, ["objectives.alignment=clip"])
     assert study_run_config(clip).alignment_source() == "clip"
+
+
+@pytest.mark.parametrize("fault, field, allowed", [
+    ("{crash_once_at_step: 3}", "fault_injection.crash_once_at_step",
+     "3 is not a checkpoint step (a multiple of base.train.save_every=2"),
+    ("{crash_once_at_step: 12}", "fault_injection.crash_once_at_step",
+     "12 is not a checkpoint step"),
+    ("{pause_once_after_step: 3}", "fault_injection.pause_once_after_step",
+     "3 is not a checkpoint step before the last (a multiple of base.train.save_every=2 below "
+     "base.train.steps=8)"),
+    ("{pause_once_after_step: 8}", "fault_injection.pause_once_after_step",
+     "8 is not a checkpoint step before the last"),
+    ("{pause_once_after_step: -2}", "fault_injection", "steps must be >= 0"),
+    ("{param: sample.k, value: 1}", "fault_injection",
+     "set nan_at_step, crash_once_at_step or pause_once_after_step (> 0), or dial_error"),
+])
+def test_a_fault_injection_is_checked_naming_the_field(fault, field, allowed):
+    """The testing faults fire at checkpoint steps: a step that is none is refused before any
+    trial starts (a pause after the last step would hold nothing back)."""
+    overrides = ["base.train.steps=8", "base.train.save_every=2", f"fault_injection={fault}"]
+    with pytest.raises(ConfigError) as error:
+        load_study_config(None, overrides)
+    assert str(error.value).startswith(f"{field}: "), str(error.value)
+    assert allowed in str(error.value)
+
+
+def test_a_fault_injection_at_a_checkpoint_step_loads():
+    study = load_study_config(None, ["base.train.steps=8", "base.train.save_every=2",
+                                     "fault_injection=[{crash_once_at_step: 8}, "
+                                     "{pause_once_after_step: 4}]"])
+    assert [(f.crash_once_at_step, f.pause_once_after_step) for f in study.fault_injection] == [
+        (8, 0), (0, 4)]

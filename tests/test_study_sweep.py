@@ -223,6 +223,8 @@ def test_two_sweeps_at_once_each_use_their_own_ray(tmp_path):
                                                 Path(summary["trials"][0]["run_dir"]))
         dials = summary["trials"][0]["dials"]
         if name == "right":  # two ranks in a worker group, restarted from step 2's checkpoint
+            # (certain: a worker's reports queue one deep, so step 4's evaluation report, sent
+            # before the crash, went out only once the controller had taken step 2's)
             assert points[("resumed_from_step", 4)] == 2.0
             assert summary["trials"][0]["time"]["worker_start_s"] > 0.5
             # rank 0 measured the dials (a = 0 once, a ∈ {0.5, 1} × M ∈ {K, T}), the other

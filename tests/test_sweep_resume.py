@@ -48,6 +48,7 @@ def test_only_more_trials_concurrency_and_max_failures_may_change():
                        "tracking_uri": (None, "sqlite:////x/mlflow.db"),
                        "fault_injection": ([], [{"param": "sample.k", "value": 1, "nan_at_step": 1,
                                                  "crash_once_at_step": 0,
+                                                 "pause_once_after_step": 0,
                                                  "dial_error": False}])}
 
 
