@@ -95,6 +95,43 @@ def test_a_row_per_estimator_with_its_own_counts_and_ideal(run_module, tmp_path)
         assert row["saved_activation_bytes"] > 0
 
 
+def test_a_policy_gradient_row_counts_its_rollout_and_trained_steps(run_module, tmp_path):
+    """DDPO's step: one rollout of T calls without gradient per micro-batch, then per PPO
+    epoch ⌊timestep_fraction·T⌋ trained steps, each a guided call with gradient; its ideal is
+    the rollout plus (1 + c) calls per trained step, on S·B latents. The chain's rows are
+    timed beside it at the config's η; policy gradient's own row once (no switch applies)."""
+    done = run_module("textcraftor.bench", "--json", "--repeats", "2", "--warmup", "1",
+                      "--k", "2", "--num-steps", str(T), "--px", "32",
+                      "--estimators", "policy_gradient,last_k",
+                      "--set", "sample.truncation=policy_gradient", "--set", "sample.eta=1",
+                      "--set", "policy.samples_per_prompt=2", "--set", "policy.ppo_epochs=2",
+                      "--set", "policy.timestep_fraction=0.5", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert [(r["estimator"], r["checkpointing"]) for r in rows] == [
+        ("policy_gradient", False), ("last_k", True), ("last_k", False)]
+    row = rows[0]
+    trained = 2 * (T // 2)  # 2 epochs × ⌊0.5·T⌋ steps
+    assert (row["unet_calls"], row["unet_grad_calls"], row["K"]) == (T + trained, trained, T // 2)
+    assert (row["samples_per_prompt"], row["ppo_epochs"], row["eta"]) == (2, 2, 1.0)
+    ideal = row["sample_s"] + trained * 2 * row["unet_call_s"]  # c = 1: the UNet is frozen
+    assert math.isclose(row["ideal_step_s"], ideal, rel_tol=1e-9)
+    assert math.isclose(row["overhead_ratio"], row["train_step_s"] / ideal, rel_tol=1e-9)
+    assert row["saved_activation_bytes"] > 0 and row["peak_memory_bytes"] is None
+    # last_k under the same config, its policy section back at the defaults
+    assert (rows[1]["unet_calls"], rows[1]["unet_grad_calls"]) == (T, 2)
+
+
+def test_the_policy_gradient_row_samples_at_ddpo_eta_when_the_config_has_none(run_module,
+                                                                               tmp_path):
+    done = run_module("textcraftor.bench", "--json", "--repeats", "1", "--warmup", "1",
+                      "--num-steps", str(T), "--px", "32", "--estimators", "policy_gradient",
+                      "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)["rows"]
+    assert row["eta"] == 1.0 and row["unet_grad_calls"] == T  # timestep_fraction 1: every step
+
+
 def test_checkpointed_activations_are_flat_in_k(bench):
     rows = {(r["K"], r["checkpointing"]): r["saved_activation_bytes"]
             for r in json.loads(bench[0])["rows"] if not r["vae_checkpointing"]}
@@ -123,8 +160,16 @@ def test_vae_checkpointing_keeps_fewer_activations(bench):
     (["--device", "cpu", "--rewards", "aesthetic,pickscor"], "--rewards 'pickscor': not one of"),
     (["--device", "cpu", "--px", "-5"], "sample.resolution: must be a positive number"),
     (["--device", "tpu"], "--device 'tpu': not a torch device"),
-    (["--device", "cpu", "--estimators", "last_k,policy_gradient"],
-     "--estimators 'policy_gradient': not one of"),
+    (["--device", "cpu", "--estimators", "last_k,direct"], "--estimators 'direct': not one of"),
+    (["--device", "cpu", "--rewards", "oracle"], "reward.weights.oracle: the ShapesWorld oracle"),
+    (["--device", "cpu", "--preset", "shapes", "--rewards", "oracle"],
+     "reward.weights.oracle: has no gradient: it trains with sample.truncation=policy_gradient"),
+    # a row of a chain estimator with the oracle: refused for that row, before any model
+    (["--device", "cpu", "--preset", "shapes", "--rewards", "oracle", "--set",
+      "sample.truncation=policy_gradient", "--set", "sample.eta=1", "--estimators",
+      "policy_gradient,drtune"], "(got sample.truncation=drtune;"),
+    (["--device", "cpu", "--set", "sample.truncation=policy_gradient", "--estimators",
+      "policy_gradient"], "sample.eta"),
     (["--device", "cpu", "--estimators", "drtune", "--num-steps", "4"],
      "sample.drtune_k: must be in [1, num_steps=4]"),
 ])

@@ -6,10 +6,12 @@ computation cannot avoid:
 sample is the whole no-grad forward (encode, T guided UNet calls, decode, rewards); c = 1 while
 the UNet is frozen (only input gradients flow back), 2 when it trains; r = 1 with UNet
 checkpointing (one recomputed forward per grad step), v = 1 with VAE checkpointing (the decode
-runs again in backward). overhead_ratio = train_step / ideal. On CUDA every time is measured
-with CUDA events after warm-up, and each row reports ``peak_memory_bytes``: the most memory
-allocated during one training step (``torch.cuda.max_memory_allocated``, reset per row; the
-weights, optimizer state and activations together).
+runs again in backward). The other estimators' ideals follow the UNet calls their own steps drew
+(``bench_row``); policy gradient's is its rollout plus one guided call and its backward per
+trained chain step (``policy_gradient_row``). overhead_ratio = train_step / ideal. On CUDA every
+time is measured with CUDA events after warm-up, and each row reports ``peak_memory_bytes``: the
+most memory allocated during one training step (``torch.cuda.max_memory_allocated``, reset per
+row; the weights, optimizer state and activations together).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from dataclasses import replace
 import torch
 
 from textcraftor.config import (
+    NO_GRADIENT_REWARDS,
     QUALITY_REWARDS,
     RunConfig,
-    SampleConfig,
     for_estimator,
     load_run_config,
 )
@@ -106,9 +108,13 @@ def parse_ks(text: str, t: int) -> list[int]:
     return sorted(set(ks))
 
 
-# the chain-backprop estimators a bench row can time (direct needs pairs, policy_gradient has its
-# own PPO step: neither is a chain with gradient)
-BENCHED_ESTIMATORS = ("last_k", "random_k", "x0_shortcut", "window", "draft_lv", "drtune")
+# the estimators a bench row can time: the chain-backprop ones, and policy gradient's PPO step
+# (direct needs image–caption pairs, not a chain)
+BENCHED_ESTIMATORS = ("last_k", "random_k", "x0_shortcut", "window", "draft_lv", "drtune",
+                      "policy_gradient")
+# DDPO's DDIM η for the policy-gradient row when the config samples deterministically (η = 0
+# has no log-probabilities)
+POLICY_GRADIENT_ETA = 1.0
 
 
 def parse_estimators(text: str) -> list[str]:
@@ -125,9 +131,10 @@ def parse_estimators(text: str) -> list[str]:
 
 def reward_overrides(names: str) -> list[str]:
     """``--rewards aesthetic,pickscore,hpsv2,clip`` → config overrides: weight 1 for each named
-    quality reward, λ = 1 if ``clip`` is named else 0."""
+    reward (a quality reward, or ShapesWorld's ``oracle``: policy gradient only), λ = 1 if
+    ``clip`` is named else 0."""
     chosen = [n.strip() for n in names.split(",") if n.strip()]
-    allowed = (*QUALITY_REWARDS, "clip")
+    allowed = (*QUALITY_REWARDS, *NO_GRADIENT_REWARDS, "clip")
     for name in chosen:
         if name not in allowed:
             raise BenchInputError(f"--rewards {name!r}: not one of {', '.join(allowed)}")
@@ -180,9 +187,9 @@ def peak_step_memory(trainer: TextCraftor, step: int) -> int | None:
         return None
     _sync(trainer.device)
     return int(trainer.train_step(step)["train/peak_memory_bytes"])
-def saved_activation_bytes(trainer: TextCraftor, prompts, seeds, truncation) -> int:
+def saved_activation_bytes(trainer: TextCraftor, forward: Callable[[], torch.Tensor]) -> int:
     """Bytes of distinct tensors autograd saves for backward in one training forward
-    (parameters and buffers excluded: they exist anyway)."""
+    (``forward`` returns the loss; parameters and buffers excluded: they exist anyway)."""
     modules = [trainer.pipeline.text_encoder, trainer.pipeline.original_text_encoder,
                trainer.pipeline.unet, trainer.pipeline.vae, trainer.objective]
     resident = {t.untyped_storage().data_ptr() for m in modules
@@ -196,7 +203,7 @@ def saved_activation_bytes(trainer: TextCraftor, prompts, seeds, truncation) -> 
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss, _ = trainer.forward_loss(prompts, seeds, truncation)
+        loss = forward()
     loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return sum(storages.values())
@@ -261,7 +268,8 @@ def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
              + (c + r) * grad_calls * unet_call_s + (c + v) * scored * decode_s
              + c * scored * reward_s)
     truncation = draw_truncation(s, random.Random(0))
-    saved = saved_activation_bytes(trainer, prompts, seeds, truncation)
+    saved = saved_activation_bytes(
+        trainer, lambda: trainer.forward_loss(prompts, seeds, truncation)[0])
     return {
         "estimator": s.truncation, "K": k, "unet_calls": calls, "unet_grad_calls": grad_calls,
         "checkpointing": s.checkpointing, "vae_checkpointing": s.vae_checkpointing,
@@ -269,6 +277,65 @@ def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
         "decode_s": decode_s, "reward_s": reward_s, "train_step_s": train_step_s,
         "ideal_step_s": ideal, "overhead_ratio": train_step_s / ideal,
         "saved_activation_bytes": saved, "peak_memory_bytes": peak_step_memory(trainer, next(step)),
+    }
+
+
+def policy_gradient_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
+    """One PPO step (``sample.truncation=policy_gradient``) against its physical limit. Every
+    term runs on a micro-batch's S·B latents (S = policy.samples_per_prompt, B prompts):
+        ideal = grad_accum·rollout + grad_calls·(1 + c)·unet_call
+    rollout: the trainer's own no-grad chain (T guided calls with DDIM log-probabilities), decode
+    and rewards; grad_calls: the chain steps trained over every micro-batch and PPO epoch (the
+    steps' own ``train/unet_grad_calls``), each one guided call with gradient and its backward
+    (c as for the chain: 1 while the UNet is frozen, 2 when it trains; nothing is
+    checkpointed, one call's activations are held at a time). Left out of the ideal: the
+    encoder's forward and backward at each trained step, the advantages, the optimizer.
+    saved_activation_bytes is one trained step's; the checkpointing switches do not apply."""
+    cfg = trainer.config
+    s, p, device, pipe = cfg.sample, cfg.policy, trainer.device, trainer.pipeline
+    prompts = [q.text for q in trainer.prompt_sampler.batch(0) for _ in range(p.samples_per_prompt)]
+    seeds = list(range(len(prompts)))
+    latents = SampleNoise(seeds, device).draw(trainer.latent_shape)
+    with torch.no_grad(), trainer._autocast():
+        context = trainer.policy.context(trainer.tokens(prompts))
+        images = decode(pipe.vae, latents)
+    t_mid = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad(), trainer._autocast():
+                return fn()
+        return run
+
+    step = iter(range(1, 10**9))
+    steps: list[dict[str, float]] = []
+    seconds = interleaved_medians({
+        "sample_s": lambda: trainer.policy.rollout(prompts, seeds),
+        "unet_call_s": no_grad(lambda: guided_noise(pipe.unet, latents, t_mid, context,
+                                                    s.guidance_scale)),
+        "decode_s": no_grad(lambda: decode(pipe.vae, latents)),
+        "reward_s": no_grad(lambda: trainer.objective(images, prompts)),
+        "train_step_s": lambda: steps.append(trainer.train_step(next(step))),
+    }, device, repeats, warmup)
+    sample_s, unet_call_s, decode_s, reward_s, train_step_s = seconds.values()
+    timed = steps[warmup:]
+    calls = statistics.mean(m["train/unet_calls"] for m in timed)
+    grad_calls = statistics.mean(m["train/unet_grad_calls"] for m in timed)
+    c = 2 if cfg.model.train_unet != "none" else 1
+    ideal = cfg.train.grad_accum * sample_s + grad_calls * (1 + c) * unet_call_s
+    rollout = trainer.policy.rollout(prompts, seeds)
+    trainer.policy.normalise([rollout])
+    trained = trainer.policy.steps(rollout, random.Random(0))[0]
+    saved = saved_activation_bytes(trainer, lambda: trainer.policy.step_loss(rollout, trained)[0])
+    return {
+        "estimator": s.truncation, "K": statistics.mean(m["train/k_drawn"] for m in timed),
+        "unet_calls": calls, "unet_grad_calls": grad_calls, "checkpointing": False,
+        "vae_checkpointing": False, "batch": cfg.train.batch_size,
+        "samples_per_prompt": p.samples_per_prompt, "ppo_epochs": p.ppo_epochs, "eta": s.eta,
+        "sample_s": sample_s, "unet_call_s": unet_call_s, "decode_s": decode_s,
+        "reward_s": reward_s, "train_step_s": train_step_s, "ideal_step_s": ideal,
+        "overhead_ratio": train_step_s / ideal, "saved_activation_bytes": saved,
+        "peak_memory_bytes": peak_step_memory(trainer, next(step)),
     }
 
 
@@ -285,21 +352,25 @@ def build_models(config: RunConfig, device: torch.device) -> tuple[Pipeline, Obj
                                  "rewards_build_s": time.perf_counter() - built}
 
 
-def estimator_samples(config: RunConfig, ks: Sequence[int], estimators: Sequence[str]
-                      ) -> list[SampleConfig]:
-    """The sample section of each row before the checkpointing switches: last_k at each K, then
-    every other estimator named, with its own fields from ``config`` when its
-    ``sample.truncation`` is that estimator, else at their defaults."""
+def row_configs(config: RunConfig, ks: Sequence[int], estimators: Sequence[str]
+                ) -> list[RunConfig]:
+    """The run config of each row before the checkpointing switches: last_k at each K, then
+    every other estimator named, with its own fields (``sample``'s, the ``policy`` section) from
+    ``config`` when its ``sample.truncation`` is that estimator, else at their defaults; policy
+    gradient at DDIM η = POLICY_GRADIENT_ETA when ``config`` has η = 0. Each is validated whole
+    (e.g. the oracle reward with a chain estimator): ConfigError before any model is built."""
     t = config.sample.num_steps
-    samples = []
+    configs = []
     for estimator in estimators:
+        data = for_estimator(to_dict(config), estimator)
         if estimator == "last_k":
-            samples += [from_dict(SampleConfig, {**for_estimator(to_dict(config), "last_k")[
-                "sample"], "k": k}) for k in sorted({min(k, t) for k in ks})]
-        else:
-            samples.append(from_dict(SampleConfig,
-                                     for_estimator(to_dict(config), estimator)["sample"]))
-    return samples
+            configs += [from_dict(RunConfig, {**data, "sample": {**data["sample"], "k": k}})
+                        for k in sorted({min(k, t) for k in ks})]
+            continue
+        if estimator == "policy_gradient" and not data["sample"].get("eta"):
+            data["sample"]["eta"] = POLICY_GRADIENT_ETA
+        configs.append(from_dict(RunConfig, data))
+    return configs
 
 
 def run_bench(config: RunConfig, ks: Sequence[int], repeats: int, warmup: int,
@@ -313,17 +384,21 @@ def run_bench(config: RunConfig, ks: Sequence[int], repeats: int, warmup: int,
     pipeline, objective, build_s = models or build_models(config, device)
     rows = []
     t = config.sample.num_steps
-    for base in estimator_samples(config, ks, estimators):
-        for unet_ckpt in checkpointing:
-            for vae_ckpt in vae_checkpointing:
-                sample = replace(base, checkpointing=unet_ckpt, vae_checkpointing=vae_ckpt)
-                trainer = TextCraftor(replace(config, sample=sample), pipeline=pipeline,
-                                      objective=objective, device=device, show_progress=False)
-                rows.append(bench_row(trainer, repeats, warmup))
-                del trainer
-                log.info("batch %d %s K=%.2f ckpt=%s vae_ckpt=%s: step %.3fs ratio %.3f",
-                         config.train.batch_size, sample.truncation, rows[-1]["K"], unet_ckpt,
-                         vae_ckpt, rows[-1]["train_step_s"], rows[-1]["overhead_ratio"])
+    for base in row_configs(config, ks, estimators):
+        policy_gradient = base.sample.truncation == "policy_gradient"
+        # policy gradient back-propagates one UNet call at a time: no switch applies
+        switches = ([(False, False)] if policy_gradient else
+                    [(unet, vae) for unet in checkpointing for vae in vae_checkpointing])
+        for unet_ckpt, vae_ckpt in switches:
+            sample = replace(base.sample, checkpointing=unet_ckpt, vae_checkpointing=vae_ckpt)
+            trainer = TextCraftor(replace(base, sample=sample), pipeline=pipeline,
+                                  objective=objective, device=device, show_progress=False)
+            row = (policy_gradient_row if policy_gradient else bench_row)(trainer, repeats, warmup)
+            rows.append(row)
+            del trainer
+            log.info("batch %d %s K=%.2f ckpt=%s vae_ckpt=%s: step %.3fs ratio %.3f",
+                     config.train.batch_size, sample.truncation, row["K"], unet_ckpt,
+                     vae_ckpt, row["train_step_s"], row["overhead_ratio"])
     m = config.model
     return {
         "preset": m.source, "reward_preset": config.reward.preset,
@@ -380,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--estimators", default="last_k",
                         help="comma-separated gradient estimators, a row each (last_k: one per "
                              f"--k): {', '.join(BENCHED_ESTIMATORS)}; each other estimator's own "
-                             "fields from --set when sample.truncation is it, else defaults")
+                             "fields from --set when sample.truncation is it, else defaults "
+                             f"(policy_gradient: sample.eta={POLICY_GRADIENT_ETA:g} if it is 0)")
     parser.add_argument("--checkpointing", choices=sorted(SWITCH), default="both",
                         help="UNet gradient checkpointing rows")
     parser.add_argument("--vae-checkpointing", choices=sorted(SWITCH), default="off",
@@ -401,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         estimators = parse_estimators(args.estimators)
         # --k applies to last_k's rows only
         ks = parse_ks(args.k, config.sample.num_steps) if "last_k" in estimators else []
-        estimator_samples(config, ks, estimators)  # each row's config validates before a model
+        row_configs(config, ks, estimators)  # each row's config validates before a model
     except (BenchInputError, ConfigError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     result = run_bench(config, ks, args.repeats, args.warmup, device, SWITCH[args.checkpointing],
