@@ -152,6 +152,45 @@ def test_a_policy_gradient_step_trains_the_encoder(make_trainer):
         assert torch.equal(weight, unet[name]), name
 
 
+def encoder_gradient_of_one_step(trainer) -> tuple[list[torch.Tensor], int]:
+    """The text encoder's gradient as the optimizer is about to apply it, and the encoder's
+    forward calls with gradient (the rollouts' run without), in ``train_step(1)``."""
+    encoder = trainer.pipeline.text_encoder
+    grads: list[torch.Tensor] = []
+    calls: list[bool] = []
+
+    def before_update(*_) -> None:
+        grads.extend(p.grad.clone() for p in encoder.parameters() if p.grad is not None)
+
+    encoder.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    trainer.optimizer.register_step_pre_hook(before_update)
+    trainer.train_step(1)
+    return grads, sum(calls)
+
+
+def test_the_encoder_runs_once_per_micro_batch_and_epoch_with_the_same_gradient(make_trainer):
+    """The trainer computes c_θ once for all the steps it trains on a rollout (the weights
+    change only at the epoch's update) and sends their summed gradient back through the
+    encoder once: the encoder's gradient equals the per-step recomputation's, and its forward
+    calls drop from one per trained step to one per micro-batch and epoch."""
+    overrides = (*PG, "policy.timestep_fraction=1.0", "train.grad_accum=2",
+                 "train.max_grad_norm=1e9")
+    shared, shared_forwards = encoder_gradient_of_one_step(make_trainer(*overrides))
+    trainer = make_trainer(*overrides)
+    step_loss = trainer.policy.step_loss  # each step recomputes c_θ itself, as before
+    trainer.policy.step_loss = lambda rollout, i, context=None: step_loss(rollout, i)
+    per_step, per_step_forwards = encoder_gradient_of_one_step(trainer)
+    assert len(shared) == len(per_step) > 0
+    # float sums in another order: equal to 1e-4 of the largest gradient (some are ~0)
+    scale = max(b.abs().max().item() for b in per_step)
+    for a, b in zip(shared, per_step):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)
+    # one forward per micro-batch (2) against one per trained step (T per micro-batch; the
+    # patched run computes the loop's shared c_θ too, unused)
+    t = trainer.config.sample.num_steps
+    assert (shared_forwards, per_step_forwards - shared_forwards) == (2, 2 * t)
+
+
 SHAPES_PG = ("model.source=shapes", "sample.num_steps=4", "sample.resolution=64",
              "sample.guidance_scale=5", "train.batch_size=2", "train.eval_at_start=false",
              "train.sample_grid=false", "train.lr=1e-3", "data.heldout_count=2",

@@ -216,14 +216,23 @@ class PolicyGradient:
         for r, a in zip(rollouts, advantages.split([len(r.prompts) for r in rollouts])):
             r.advantages = a
 
-    def step_loss(self, rollout: Rollout, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def trained_context(self, ids: torch.Tensor) -> torch.Tensor:
+        """c_θ under the trainer's autocast, with gradient: [2B, L, d]."""
+        with self.autocast():
+            return self.context(ids)
+
+    def step_loss(self, rollout: Rollout, i: int, context: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The clipped surrogate at chain step ``i``: log p_θ(x_{t−1} | x_t) recomputed with
-        gradient through c_θ (and the UNet if it trains), against the rollout's own."""
+        gradient through c_θ (and the UNet if it trains), against the rollout's own.
+        ``context``: c_θ of ``rollout.ids`` computed once for several steps (the trainer's
+        loop; ``trained_context``), else computed here."""
         pipe, s, traj = self.pipeline, self.sample, rollout.trajectory
         t, latents = traj.timesteps[i], traj.latents[i]
         with self.autocast():
-            eps = guided_noise(pipe.unet, latents, t, self.context(rollout.ids),
-                               s.guidance_scale)
+            if context is None:
+                context = self.context(rollout.ids)
+            eps = guided_noise(pipe.unet, latents, t, context, s.guidance_scale)
         log_prob = ddim_step_log_prob(pipe.scheduler, eps, t, latents, traj.latents[i + 1], s.eta)
         return ppo_loss(log_prob, traj.log_probs[i], rollout.advantages, self.policy.clip_range,
                         latents[0].numel())

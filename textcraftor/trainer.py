@@ -284,14 +284,21 @@ class TextCraftor:
                 # each chosen step: one UNet call with gradient and its backward
                 calls, grad_calls = calls + len(chosen), grad_calls + len(chosen)
                 passes += 2 * len(chosen) * len(rollout.prompts)
+                # c_θ once per micro-batch and epoch (the weights change only at the epoch's
+                # update): each step's backward stops at a detached copy, whose summed gradient
+                # then goes back through the encoder once
+                context = self.policy.trained_context(rollout.ids)
+                shared = context.detach().requires_grad_(context.requires_grad)
                 for i in chosen:  # one backward per step: one UNet call's activations at once
-                    loss, stats = self.policy.step_loss(rollout, i)
+                    loss, stats = self.policy.step_loss(rollout, i, shared)
                     if step == t.inject_nan_at:
                         loss = loss * float("nan")
                     share = t.grad_accum * len(chosen)
                     self.scaler.scale(loss / share).backward()
                     for name, value in {"loss": loss, **stats}.items():
                         sums[name] = sums.get(name, 0) + value.detach().float() / share
+                if shared.grad is not None:
+                    context.backward(shared.grad)
             metrics = apply_update(step, {**sums, **rewards}, self.optimizer, self.scaler,
                                    self.replicas, t.max_grad_norm, self._last_checkpoint)
         elapsed = time.perf_counter() - started
