@@ -245,3 +245,63 @@ def test_merge_copies_nothing_into_the_original_encoder(two_runs, load_tiny):
     merge_adapter_option(pipeline, parse_adapter(encoder_run, "--text-encoder-lora"), "tiny")
     assert all(torch.equal(v, original[k])
                for k, v in pipeline.original_text_encoder.state_dict().items())
+
+
+# --- a text-encoder LoRA run as the encoder to start from or transfer ----------------------
+
+
+def test_text_encoder_from_a_lora_run_is_its_source_encoder_with_the_lora_merged(two_runs,
+                                                                                 load_tiny):
+    """--text-encoder-from (and model.text_encoder_from, image tasks) of a LoRA run: the run's
+    own source encoder with its LoRA merged at scale 1, i.e. exactly what generate's
+    --text-encoder-lora gives on the same base."""
+    from textcraftor.generate import transfer_text_encoder
+
+    encoder_run, _ = two_runs
+    transferred = load_tiny()
+    assert transfer_text_encoder(transferred, encoder_run, "tiny") == "tiny"
+    merged = load_tiny()
+    merge_adapter_option(merged, parse_adapter(encoder_run, "--text-encoder-lora"), "tiny")
+    torch.testing.assert_close(encode(transferred.text_encoder, transferred),
+                               encode(merged.text_encoder, merged), rtol=0, atol=0)
+    assert not torch.equal(encode(transferred.text_encoder, transferred),
+                           encode(transferred.original_text_encoder, transferred))
+    assert not any(hasattr(m, "lora_A") for m in transferred.text_encoder.modules())
+
+
+def test_a_run_starts_from_a_lora_runs_tuned_encoder(two_runs, make_trainer, load_tiny,
+                                                      tmp_path):
+    encoder_run, _ = two_runs
+    trainer = make_trainer(f"model.text_encoder_from={encoder_run}", "train.steps=1",
+                           f"output_dir={tmp_path / 'from-lora'}")
+    merged = load_tiny()
+    merge_adapter_option(merged, parse_adapter(encoder_run, "--text-encoder-lora"), "tiny")
+    pipeline = trainer.pipeline
+    # it trains on from there, as a whole encoder
+    assert pipeline.text_encoder.training
+    assert all(p.requires_grad for p in pipeline.text_encoder.parameters())
+    torch.testing.assert_close(encode(pipeline.text_encoder, pipeline),
+                               encode(merged.text_encoder, merged), rtol=0, atol=0)
+
+
+def test_a_lora_checkpoint_without_its_run_or_any_encoder_is_refused_naming_it(two_runs,
+                                                                               load_tiny,
+                                                                               tmp_path):
+    import shutil
+
+    from textcraftor.checkpoint import latest_checkpoint
+    from textcraftor.generate import transfer_text_encoder
+
+    encoder_run, unet_run = two_runs
+    lone = tmp_path / "lone" / "step_0000001"  # a checkpoint copied out of its run folder
+    shutil.copytree(latest_checkpoint(encoder_run), lone)
+    with pytest.raises(ConfigError) as error:
+        transfer_text_encoder(load_tiny(), str(lone), "tiny")
+    assert str(error.value).startswith(f"--text-encoder-from {lone} (model.source=unknown): ")
+    assert "holds a text-encoder LoRA but no run config says which encoder it tuned" in str(
+        error.value)
+    with pytest.raises(ConfigError) as error:
+        transfer_text_encoder(load_tiny(), unet_run, "tiny", "model.text_encoder_from")
+    assert str(error.value).startswith(f"model.text_encoder_from {unet_run} (model.source=tiny)")
+    assert "holds no text encoder and no text-encoder LoRA (it holds unet_lora)" in str(
+        error.value)

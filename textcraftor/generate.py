@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -226,20 +227,23 @@ def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: st
                           option: str = "--text-encoder-from") -> str | None:
     """Put the tuned text encoder of another run (``--text-encoder-from``) into ``pipeline``,
     after ``textcraftor.transfer.check_text_encoder_fits`` (ConfigError naming both models);
-    returns that run's model source (None when its folder gives none)."""
+    returns that run's model source (None when its folder gives none). A run that trained a
+    text-encoder LoRA gives its tuned encoder as its own source's encoder with the LoRA merged
+    at scale 1 (``lora_tuned_text_encoder``)."""
     from textcraftor.checkpoint import load_checkpoint
     from textcraftor.models import load_tokenizer
     from textcraftor.transfer import check_text_encoder_fits
 
     checkpoint, run_config = resolve_checkpoint(run_or_checkpoint)
-    weights = load_checkpoint(checkpoint).weights.get("text_encoder")
+    held = load_checkpoint(checkpoint).weights
+    weights = held.get("text_encoder")
     source = run_config.model.source if run_config is not None else None
     where = f"{option} {run_or_checkpoint} (model.source={source or 'unknown'})"
+    if weights is None and TEXT_ENCODER_LORA in held:
+        weights = lora_tuned_text_encoder(checkpoint, run_config, held[TEXT_ENCODER_LORA], where)
     if weights is None:
-        lora = " (it holds a text-encoder LoRA: merge it with generate's --text-encoder-lora)"
-        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder"
-                          + (lora if TEXT_ENCODER_LORA in load_checkpoint(checkpoint).weights
-                             else ""))
+        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder and no "
+                          f"text-encoder LoRA (it holds {', '.join(held) or 'no weights'})")
     source_tokenizer = (load_tokenizer(source, run_config.model.cache_dir,
                                        run_config.model.revision) if source else None)
     check_text_encoder_fits(weights, where, pipeline.text_encoder, pipeline.tokenizer,
@@ -247,6 +251,31 @@ def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: st
     pipeline.text_encoder.load_state_dict(weights)
     pipeline.text_encoder.requires_grad_(False).eval()
     return source
+
+
+def lora_tuned_text_encoder(checkpoint: Path, run_config: RunConfig | None,
+                            lora_weights: Mapping[str, torch.Tensor], where: str
+                            ) -> dict[str, torch.Tensor]:
+    """The state dict of the encoder a text-encoder-LoRA run tuned: its own model source's
+    text encoder (``models.load_text_encoder``) with the checkpoint's LoRA merged at scale 1
+    (``lora.merge_adapter``: W + (α/r)·B·A). Raises ConfigError naming ``where`` when the
+    checkpoint has no run config to say which encoder it tuned, or no adapter folder."""
+    from textcraftor.lora import merge_adapter, read_adapter_folder
+    from textcraftor.models import load_text_encoder
+
+    if run_config is None:
+        raise ConfigError(f"{where}: {checkpoint} holds a text-encoder LoRA but no run config "
+                          f"says which encoder it tuned: give the run folder (or merge it into "
+                          f"this pipeline's encoder with generate's --text-encoder-lora)")
+    folder = checkpoint / TEXT_ENCODER_LORA
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise ConfigError(f"{where}: {checkpoint} holds text_encoder_lora weights but no "
+                          f"adapter folder {folder} with {ADAPTER_CONFIG} (its LoRA config)")
+    m = run_config.model
+    lora_config, _ = read_adapter_folder(folder)
+    base = load_text_encoder(m.source, m.cache_dir, m.revision)
+    log.info("%s: the run's encoder is %s's with its text-encoder LoRA merged", where, m.source)
+    return merge_adapter(base, lora_config, lora_weights).state_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

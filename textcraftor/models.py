@@ -216,6 +216,28 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     return str(path) if path.exists() else source
 
 
+def load_text_encoder(source: str, cache_dir: str | Path | None = None,
+                      revision: str | None = None) -> CLIPTextModel:
+    """The text encoder of ``source`` alone, fp32 on the CPU, frozen: the base weights a run of
+    that source trained a text-encoder LoRA on. ``sd15-random``: the weights its pipeline draws
+    (seed 0, the first module built; the global RNG is left as it was). Raises
+    FileNotFoundError as ``load_pipeline``."""
+    if source == "sd15-random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            encoder = CLIPTextModel(sd15_text_encoder_config())
+        return encoder.requires_grad_(False).eval()
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        encoder = CLIPTextModel.from_pretrained(resolve_source(source, cache_dir),
+                                                subfolder="text_encoder", dtype=torch.float32,
+                                                **kwargs)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"could not load the text encoder of {source!r}: {error}") from error
+    return encoder.requires_grad_(False).eval()
+
+
 def load_tokenizer(source: str, cache_dir: str | Path | None = None,
                    revision: str | None = None) -> CLIPTokenizer | None:
     """The tokenizer of ``source`` alone (no weights load); None for ``sd15-random``, whose
