@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a study field")
     parser.add_argument("--name", help="the run's name (trial id noise_opt-NAME; folder "
-                        "<sweep>/noise_opt/NAME); default: it<N>-lr<lr>-reg<w>")
+                        "<sweep>/noise_opt/NAME); default: it<N>-lr<lr>-reg<w>[-best]")
     parser.add_argument("--log-only", metavar="RUN_FOLDER",
                         help="log an existing noise-optimisation run folder, run nothing")
     parser.add_argument("--tracking-uri", help="MLflow store (default: the study's)")
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             read_run_folder(folder)
         else:
             options = options_from(args)
-            name = args.name or f"it{options.iterations}-lr{options.lr:g}-reg{options.reg_weight:g}"
+            name = args.name or (f"it{options.iterations}-lr{options.lr:g}-reg"
+                                 f"{options.reg_weight:g}"
+                                 + ("-best" if options.select == "best" else ""))
             folder = study.sweep_dir / METHOD / name
             check_out(folder)
             config = study_run_config(study).with_output_dir(folder)

@@ -21,6 +21,8 @@ from textcraftor.sampler import PromptTokenizer, initial_noise, latent_shape
 
 PROMPTS = ["a red cube", "a blue ball"]
 SEEDS = [11, 12]
+LR = 200.0  # select=best's test: iterates overshoot, sample 0's best is not its last
+
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -85,6 +87,33 @@ def test_the_optimised_noise_lowers_the_loss(pipeline, objective, make_config):
     assert result.history[-1]["aesthetic"] > result.history[0]["aesthetic"]
 
 
+def test_best_selection_keeps_each_samples_lowest_reward_loss_iterate(pipeline, objective,
+                                                                     make_config):
+    """select=best (ReNO's): each sample ends with the iterate of lowest reward loss over
+    iterations 0..N — checked against each iterate k, which a run of k iterations ends with
+    (the optimisation is deterministic: a shorter run is a prefix of a longer one). At LR some
+    iterate overshoots, so a choice before the last is exercised."""
+    config, n = make_config(), 3
+    best = optimise(pipeline, objective, config, iterations=n, lr=LR, select="best")
+    finals = {k: optimise(pipeline, objective, config, iterations=k, lr=LR)
+              for k in range(1, n + 1)}
+    assert finals[n].per_image["selected_iteration"] == [n] * len(PROMPTS)
+    start = initial_noise(SEEDS, latent_shape(pipeline.vae, pipeline.unet, 32), "cpu")
+    for b in range(len(PROMPTS)):
+        candidates = [best.per_image["reward_loss_start"][b]] + [
+            finals[k].per_image["selected_reward_loss"][b] for k in range(1, n + 1)]
+        chosen = best.per_image["selected_iteration"][b]
+        assert best.per_image["selected_reward_loss"][b] == pytest.approx(min(candidates),
+                                                                          abs=1e-6)
+        assert candidates[chosen] == pytest.approx(min(candidates), abs=1e-6), candidates
+        latents = start[b] if chosen == 0 else finals[chosen].latents[b]
+        torch.testing.assert_close(best.latents[b], latents, rtol=1e-4, atol=1e-5)
+        if chosen:
+            torch.testing.assert_close(best.images[b], finals[chosen].images[b], rtol=1e-4,
+                                       atol=1e-5)
+    assert min(best.per_image["selected_iteration"]) < n  # not the last for every sample
+
+
 def test_the_regulariser_is_the_chi_negative_log_likelihood():
     stats = pytest.importorskip("scipy.stats")
     torch.manual_seed(0)
@@ -106,7 +135,7 @@ def test_the_regulariser_is_the_chi_negative_log_likelihood():
 @pytest.mark.parametrize("option, value", [("--iterations", "0"), ("--lr", "0"),
                                            ("--lr", "nan"), ("--lr", "inf"),
                                            ("--reg-weight", "-0.1"), ("--grad-clip", "-1"),
-                                           ("--optimizer", "lbfgs")])
+                                           ("--optimizer", "lbfgs"), ("--select", "top")])
 def test_bad_input_exits_2_naming_the_option_before_any_weights_load(
         option, value, tmp_path, capsys, monkeypatch):
     def no_loading(*args, **kwargs):

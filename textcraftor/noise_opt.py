@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # torch and the models load only once the command line is che
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam")
+# which x_T a sample ends with: the last iterate, or ReNO's choice — the iterate whose image had
+# the lowest reward loss (−Σ wᵢ·sᵢ·Rᵢ, the regulariser left out), over iterations 0..N
+SELECTIONS = ("final", "best")
 NOISE_OPT_FILE = "noise_opt.json"  # the options and cost of a noise-optimisation run folder
 LATENTS_FILE = "noise_opt_latents.pt"  # the optimised x_T of every evaluation image
 
@@ -70,6 +73,8 @@ class NoiseOptOptions:
     momentum: float = 0.9  # SGD momentum
     checkpointing: bool = True  # recompute each UNet call in the backward (memory for time)
     batch_size: int | None = None  # images optimised together; None: train.batch_size
+    select: str = "final"  # final: the last x_T | best: ReNO's lowest-reward-loss iterate
+    #   (selected by the objective the evaluation also scores: it flatters the method)
 
     def check(self) -> None:
         """Raise ConfigError naming the command-line option of the first bad value."""
@@ -87,6 +92,8 @@ class NoiseOptOptions:
              f"must be in [0, 1), got {self.momentum}"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size",
              f"must be >= 1, got {self.batch_size}"),
+            (self.select in SELECTIONS, "--select",
+             f"{self.select!r} is not one of {', '.join(SELECTIONS)}"),
         ]
         for ok, option, message in problems:
             if not ok:
@@ -95,8 +102,8 @@ class NoiseOptOptions:
 
 @dataclass
 class NoiseOptResult:
-    images: torch.Tensor  # [B,3,H,W] in [0,1] from the final x_T (no gradient)
-    latents: torch.Tensor  # the final x_T, [B,C,h,w], detached
+    images: torch.Tensor  # [B,3,H,W] in [0,1] from each sample's selected x_T (no gradient)
+    latents: torch.Tensor  # each sample's selected x_T (options.select), [B,C,h,w], detached
     history: list[dict[str, float]]  # per iteration 0..N: mean over the batch of loss (reward
     #   loss + λ·NLL), reward_loss, regulariser (the NLL), norm (‖x_T‖) and each reward Rᵢ;
     #   entry i is x_T after i steps (entry N: the final x_T, scored without gradient)
@@ -104,7 +111,9 @@ class NoiseOptResult:
     #                      included); each one runs the guided doubled batch [2B]
     unet_latents: int = 0  # Σ over those invocations of their batch size (2B with guidance)
     per_image: dict[str, list[float]] = field(default_factory=dict)  # iteration-0 and final
-    #   loss of each image: {"loss_start": [B], "loss_end": [B]}
+    #   loss of each image, its iteration-0 reward loss, its selected iteration and that
+    #   iterate's reward loss: {"loss_start": [B], "loss_end": [B], "reward_loss_start": [B],
+    #   "selected_iteration": [B], "selected_reward_loss": [B]}
 
 
 def chi_nll(latents: torch.Tensor) -> torch.Tensor:
@@ -221,6 +230,7 @@ def optimise_noise(
     counter = _CallCounter(pipeline.unet)
     history: list[dict[str, float]] = []
     per_image: dict[str, list[float]] = {}
+    best = None  # (reward loss [B], iteration [B], x_T, images) of each sample's best iterate
     try:
         for i in range(options.iterations + 1):
             last = i == options.iterations
@@ -234,8 +244,11 @@ def optimise_noise(
             total = loss.float() * len(prompts) + options.reg_weight * regulariser.sum()
             per_sample = (-objective_per_image(objective, scores)
                           + options.reg_weight * regulariser).detach()
+            reward_loss = -objective_per_image(objective, scores).detach().float()
             if i == 0:
                 per_image["loss_start"] = per_sample.tolist()
+                per_image["reward_loss_start"] = reward_loss.tolist()
+            best = _keep_best(best, reward_loss, i, x.detach(), images.detach().float())
             history.append({"loss": total.item() / len(prompts),
                             "reward_loss": loss.item(), "regulariser": regulariser.mean().item(),
                             "norm": torch_norms(x.detach()).float().mean().item(),
@@ -251,8 +264,34 @@ def optimise_noise(
             x.grad = None
     finally:
         counter.close()
-    return NoiseOptResult(images.detach().float(), x.detach(), history, counter.calls,
-                          counter.latents, per_image)
+    if options.select == "best":
+        reward_loss, iteration, latents, images = best
+    else:  # the last pass's x_T, images and reward loss
+        latents, images = x.detach(), images.detach().float()
+        iteration = torch.full((len(prompts),), options.iterations, device=latents.device)
+    per_image["selected_iteration"] = [int(v) for v in iteration.tolist()]
+    per_image["selected_reward_loss"] = reward_loss.tolist()
+    return NoiseOptResult(images, latents.clone(), history, counter.calls, counter.latents,
+                          per_image)
+
+
+def _keep_best(best, reward_loss: torch.Tensor, iteration: int, latents: torch.Tensor,
+               images: torch.Tensor):
+    """Each sample's iterate with the lowest reward loss so far (the earlier one on a tie, as
+    ReNO's strict ``<``): (reward loss [B], iteration [B], x_T [B,C,h,w], images [B,3,H,W])."""
+    import torch
+
+    if best is None:
+        return (reward_loss, torch.full_like(reward_loss, iteration, dtype=torch.long),
+                latents.clone(), images)
+    loss, at, kept_latents, kept_images = best
+    better = reward_loss < loss
+
+    def pick(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        return torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
+
+    return (pick(reward_loss, loss), pick(torch.full_like(at, iteration), at),
+            pick(latents, kept_latents), pick(images, kept_images))
 
 
 def objective_per_image(objective: Objective, scores) -> torch.Tensor:
@@ -284,12 +323,17 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                         help="keep every UNet call's activations (faster, more memory)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images optimised together (default: train.batch_size)")
+    parser.add_argument("--select", default=defaults.select,
+                        help="final: each image from its last x_T (default) | best: ReNO's, the "
+                        "iterate with the lowest reward loss (chosen by the objective the "
+                        "evaluation scores: it flatters the method)")
 
 
 def options_from(args: argparse.Namespace) -> NoiseOptOptions:
     """The options of a command line (``add_options``), checked: ConfigError names the option."""
     options = NoiseOptOptions(args.iterations, args.lr, args.reg_weight, args.grad_clip,
-                              args.optimizer, args.momentum, args.checkpointing, args.batch_size)
+                              args.optimizer, args.momentum, args.checkpointing, args.batch_size,
+                              args.select)
     options.check()
     return options
 
@@ -422,7 +466,10 @@ def run(config: RunConfig, options: NoiseOptOptions, device=None) -> dict[str, f
                                                              options.checkpointing),
         "cost": cost,
         "loss_start": [v for r in results for v in r.per_image["loss_start"]],
-        "loss_end": [v for r in results for v in r.per_image["loss_end"]]})
+        "loss_end": [v for r in results for v in r.per_image["loss_end"]],
+        "selected_iteration": [v for r in results for v in r.per_image["selected_iteration"]],
+        "selected_reward_loss": [v for r in results
+                                 for v in r.per_image["selected_reward_loss"]]})
     return {**result.metrics, **cost}
 
 
