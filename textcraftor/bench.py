@@ -209,6 +209,40 @@ def saved_activation_bytes(trainer: TextCraftor, forward: Callable[[], torch.Ten
     return sum(storages.values())
 
 
+def time_units_and_step(trainer: TextCraftor, prompts: Sequence[str], seeds: Sequence[int],
+                        sample: Callable[[], object], repeats: int, warmup: int
+                        ) -> tuple[dict[str, float], list[dict[str, float]], int]:
+    """Median seconds, interleaved, of a row's units on ``prompts``' latents — ``sample`` (the
+    no-grad forward its ideal starts from), one guided UNet call at the middle timestep, one
+    decode, one scoring — and of its training step; returns (seconds {sample_s, unet_call_s,
+    decode_s, reward_s, train_step_s}, the timed steps' metrics (their drawn counts), the next
+    unused step number)."""
+    s, pipe = trainer.config.sample, trainer.pipeline
+    latents = SampleNoise(list(seeds), trainer.device).draw(trainer.latent_shape)
+    with torch.no_grad(), trainer._autocast():
+        context = guidance_context(pipe.text_encoder, trainer.tokens(list(prompts)),
+                                   trainer.empty_ids, s.guidance_scale)
+        images = decode(pipe.vae, latents)
+    t_mid = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad(), trainer._autocast():
+                return fn()
+        return run
+
+    steps: list[dict[str, float]] = []
+    seconds = interleaved_medians({
+        "sample_s": sample,
+        "unet_call_s": no_grad(lambda: guided_noise(pipe.unet, latents, t_mid, context,
+                                                    s.guidance_scale)),
+        "decode_s": no_grad(lambda: decode(pipe.vae, latents)),
+        "reward_s": no_grad(lambda: trainer.objective(images, list(prompts))),
+        "train_step_s": lambda: steps.append(trainer.train_step(len(steps) + 1)),
+    }, trainer.device, repeats, warmup)
+    return seconds, steps[warmup:], len(steps) + 1
+
+
 def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
     """Timings, activation bytes and (CUDA) peak memory of one configuration: its estimator
     (``sample.truncation``) with its K, checkpointing and VAE checkpointing. The ideal step
@@ -218,12 +252,12 @@ def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
     calls: guided UNet calls in the forward (the chain to its last step, plus DRaFT-LV's
     re-noisings), grad_calls: those with gradient, n_img: images scored (1 + DRaFT-LV's n)."""
     cfg = trainer.config
-    s, device = cfg.sample, trainer.device
+    s = cfg.sample
     prompts = [p.text for p in trainer.prompt_sampler.batch(0)]
     seeds = list(range(len(prompts)))
     pipe, objective = trainer.pipeline, trainer.objective
     ids = trainer.tokens(prompts)
-    noise = SampleNoise(seeds, device)
+    noise = SampleNoise(seeds, trainer.device)
     latents = noise.draw(trainer.latent_shape)
 
     @torch.no_grad()
@@ -234,29 +268,9 @@ def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
                          s.guidance_scale, s.eta, noise=noise)
             return objective(decode(pipe.vae, x0), prompts)
 
-    with torch.no_grad(), trainer._autocast():
-        context = guidance_context(pipe.text_encoder, ids, trainer.empty_ids, s.guidance_scale)
-        images = decode(pipe.vae, latents)
-    t_mid = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
-
-    def no_grad(fn):
-        def run():
-            with torch.no_grad(), trainer._autocast():
-                return fn()
-        return run
-
-    step = iter(range(1, 10**9))
-    steps: list[dict[str, float]] = []  # every train step's metrics: its drawn counts
-    seconds = interleaved_medians({
-        "sample_s": sample,
-        "unet_call_s": no_grad(lambda: guided_noise(pipe.unet, latents, t_mid, context,
-                                                    s.guidance_scale)),
-        "decode_s": no_grad(lambda: decode(pipe.vae, latents)),
-        "reward_s": no_grad(lambda: objective(images, prompts)),
-        "train_step_s": lambda: steps.append(trainer.train_step(next(step))),
-    }, device, repeats, warmup)
+    seconds, timed, next_step = time_units_and_step(trainer, prompts, seeds, sample, repeats,
+                                                    warmup)
     sample_s, unet_call_s, decode_s, reward_s, train_step_s = seconds.values()
-    timed = steps[warmup:]
     calls = statistics.mean(m["train/unet_calls"] for m in timed)
     grad_calls = statistics.mean(m["train/unet_grad_calls"] for m in timed)
     k = statistics.mean(m["train/k_drawn"] for m in timed)
@@ -276,7 +290,7 @@ def bench_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict:
         "batch": len(prompts), "sample_s": sample_s, "unet_call_s": unet_call_s,
         "decode_s": decode_s, "reward_s": reward_s, "train_step_s": train_step_s,
         "ideal_step_s": ideal, "overhead_ratio": train_step_s / ideal,
-        "saved_activation_bytes": saved, "peak_memory_bytes": peak_step_memory(trainer, next(step)),
+        "saved_activation_bytes": saved, "peak_memory_bytes": peak_step_memory(trainer, next_step),
     }
 
 
@@ -292,33 +306,12 @@ def policy_gradient_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict
     encoder's forward and backward at each trained step, the advantages, the optimizer.
     saved_activation_bytes is one trained step's; the checkpointing switches do not apply."""
     cfg = trainer.config
-    s, p, device, pipe = cfg.sample, cfg.policy, trainer.device, trainer.pipeline
+    s, p = cfg.sample, cfg.policy
     prompts = [q.text for q in trainer.prompt_sampler.batch(0) for _ in range(p.samples_per_prompt)]
     seeds = list(range(len(prompts)))
-    latents = SampleNoise(seeds, device).draw(trainer.latent_shape)
-    with torch.no_grad(), trainer._autocast():
-        context = trainer.policy.context(trainer.tokens(prompts))
-        images = decode(pipe.vae, latents)
-    t_mid = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
-
-    def no_grad(fn):
-        def run():
-            with torch.no_grad(), trainer._autocast():
-                return fn()
-        return run
-
-    step = iter(range(1, 10**9))
-    steps: list[dict[str, float]] = []
-    seconds = interleaved_medians({
-        "sample_s": lambda: trainer.policy.rollout(prompts, seeds),
-        "unet_call_s": no_grad(lambda: guided_noise(pipe.unet, latents, t_mid, context,
-                                                    s.guidance_scale)),
-        "decode_s": no_grad(lambda: decode(pipe.vae, latents)),
-        "reward_s": no_grad(lambda: trainer.objective(images, prompts)),
-        "train_step_s": lambda: steps.append(trainer.train_step(next(step))),
-    }, device, repeats, warmup)
+    seconds, timed, next_step = time_units_and_step(
+        trainer, prompts, seeds, lambda: trainer.policy.rollout(prompts, seeds), repeats, warmup)
     sample_s, unet_call_s, decode_s, reward_s, train_step_s = seconds.values()
-    timed = steps[warmup:]
     calls = statistics.mean(m["train/unet_calls"] for m in timed)
     grad_calls = statistics.mean(m["train/unet_grad_calls"] for m in timed)
     c = 2 if cfg.model.train_unet != "none" else 1
@@ -335,7 +328,7 @@ def policy_gradient_row(trainer: TextCraftor, repeats: int, warmup: int) -> dict
         "sample_s": sample_s, "unet_call_s": unet_call_s, "decode_s": decode_s,
         "reward_s": reward_s, "train_step_s": train_step_s, "ideal_step_s": ideal,
         "overhead_ratio": train_step_s / ideal, "saved_activation_bytes": saved,
-        "peak_memory_bytes": peak_step_memory(trainer, next(step)),
+        "peak_memory_bytes": peak_step_memory(trainer, next_step),
     }
 
 
