@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import StudyRuns, latest_evaluation, sweep_summaries
-from textcraftor.bootstrap import nested_interval
+from textcraftor.bootstrap import difference_of_groups, nested_interval
 
 # held-out scores: the study's objectives and the two rewards and the oracle's accuracy they
 # are made of; diversity is per prompt (across seeds), the others per image
@@ -53,16 +53,13 @@ def estimator_of_run(row: Mapping[str, Any]) -> str:
     return "unknown"
 
 
-def estimator_gains(study: StudyRuns, scores: Sequence[str] = SCORES) -> pd.DataFrame:
-    """One row per (sweep, estimator, score): repeats (N trials), prompts (P), level with
-    level_ci_low/high, baseline (the untuned model's mean), gain with gain_ci_low/high (paired,
-    over prompts and repeats), and the costs: steps, unet_passes, train_s, peak_memory_bytes
-    (NaN off CUDA). Trials that did not finish, and sweeps without a baseline evaluation, are
-    left out."""
+def sweep_evaluations(study: StudyRuns):
+    """Per sweep with a baseline evaluation: (sweep, the baseline's evaluation table, {estimator:
+    [(trial row, its evaluation table)]} of the finished trials scored on the baseline's seeds,
+    {trial id: its summary.json entry})."""
     runs = study.runs
     client = study.client()
     summaries = sweep_summaries(study)
-    rows = []
     for sweep, group in runs.groupby("sweep"):
         base = group[group["kind"] == "baseline"]
         reference = latest_evaluation(client, base["run_id"].iloc[0]) if len(base) else None
@@ -75,6 +72,17 @@ def estimator_gains(study: StudyRuns, scores: Sequence[str] = SCORES) -> pd.Data
             table = latest_evaluation(client, trial["run_id"])
             if table is not None and table.get("seeds") == reference.get("seeds"):
                 by_estimator.setdefault(estimator_of_run(trial), []).append((trial, table))
+        yield sweep, reference, by_estimator, timing
+
+
+def estimator_gains(study: StudyRuns, scores: Sequence[str] = SCORES) -> pd.DataFrame:
+    """One row per (sweep, estimator, score): repeats (N trials), prompts (P), level with
+    level_ci_low/high, baseline (the untuned model's mean), gain with gain_ci_low/high (paired,
+    over prompts and repeats), and the costs: steps, unet_passes, train_s, peak_memory_bytes
+    (NaN off CUDA). Trials that did not finish, and sweeps without a baseline evaluation, are
+    left out."""
+    rows = []
+    for sweep, reference, by_estimator, timing in sweep_evaluations(study):
         for estimator, members in sorted(by_estimator.items()):
             cost = _costs([trial for trial, _ in members], timing)
             for name in scores:
@@ -94,6 +102,68 @@ def estimator_gains(study: StudyRuns, scores: Sequence[str] = SCORES) -> pd.Data
                              "gain": gain.mean, "gain_ci_low": gain.low,
                              "gain_ci_high": gain.high, **cost})
     return pd.DataFrame(rows)
+
+
+def estimator_differences(study: StudyRuns, reference: str = "last_k",
+                          scores: Sequence[str] = SCORES) -> pd.DataFrame:
+    """Each estimator against ``reference`` (the paper's last_k by default) in the same sweep:
+    ``differences_between`` of their trials' evaluation tables. Empty when no sweep has a
+    finished trial of ``reference`` and of another estimator."""
+    rows = []
+    for sweep, _, by_estimator, _ in sweep_evaluations(study):
+        tables = {e: [table for _, table in members] for e, members in by_estimator.items()}
+        rows += [{"sweep": sweep, **row}
+                 for row in differences_between(tables, reference, scores)]
+    return pd.DataFrame(rows)
+
+
+def differences_between(tables: Mapping[str, Sequence[Mapping[str, Any]]], reference: str,
+                        scores: Sequence[str] = SCORES) -> list[dict[str, Any]]:
+    """Per estimator other than ``reference`` and per score: the mean over prompts of (its
+    repeats' mean − the reference's repeats' mean) with its 95 % interval
+    (``textcraftor.bootstrap.difference_of_groups``: prompts resampled together, each group's
+    repeats within them), and the verdict: better / worse / indistinguishable (for diversity
+    and every score here, higher is better). ``tables``: {estimator: its trials' evaluation
+    tables (``eval/step_N.json``)}, all on the same prompts and seeds. Rows: estimator,
+    reference, score, repeats, reference_repeats, prompts, difference, ci_low, ci_high,
+    verdict."""
+    if reference not in tables:
+        return []
+    rows = []
+    for estimator in sorted(set(tables) - {reference}):
+        for name in scores:
+            mine = [score_values(t, name) for t in tables[estimator]]
+            theirs = [score_values(t, name) for t in tables[reference]]
+            values = [v for v in (*mine, *theirs) if v is not None]
+            if len(values) < len(mine) + len(theirs) or len({v.shape for v in values}) != 1:
+                continue
+            interval = difference_of_groups(np.stack(mine, axis=1), np.stack(theirs, axis=1))
+            rows.append({"estimator": estimator, "reference": reference, "score": name,
+                         "repeats": len(mine), "reference_repeats": len(theirs),
+                         "prompts": interval.num_prompts, "difference": interval.mean,
+                         "ci_low": interval.low, "ci_high": interval.high,
+                         "verdict": interval.verdict("max")})
+    return rows
+
+
+def differences_reading(table: pd.DataFrame) -> str:
+    """``estimator_differences`` in words, every figure from ``table``."""
+    if table.empty:
+        return ("No sweep has finished trials of the reference estimator and of another: no "
+                "estimator is compared with it directly.")
+    lines = []
+    for (sweep, estimator, reference), group in table.groupby(
+            ["sweep", "estimator", "reference"], sort=False):
+        first = group.iloc[0]
+        parts = [f"{row['score']} {row['difference']:+.3g} [{row['ci_low']:+.3g}, "
+                 f"{row['ci_high']:+.3g}] ({row['verdict']})" for _, row in group.iterrows()]
+        lines.append(f"- **{estimator} − {reference}** ({sweep}; N = {int(first['repeats'])} "
+                     f"vs {int(first['reference_repeats'])} repeats × {int(first['prompts'])} "
+                     f"prompts): " + "; ".join(parts) + ".")
+    lines.append("\nDifferences of the two estimators' repeat means on the same prompts and "
+                 "seeds, 95 % intervals (prompts resampled together, each estimator's repeats "
+                 "within them): the direct comparison, not the overlap of two gains.")
+    return "\n".join(lines)
 
 
 def _costs(trials: Sequence[Mapping[str, Any]], timing: Mapping[str, Mapping[str, Any]]

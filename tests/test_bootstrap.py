@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from textcraftor.bootstrap import Interval, nested_interval, paired_difference
+from textcraftor.bootstrap import (
+    Interval,
+    difference_of_groups,
+    nested_interval,
+    paired_difference,
+)
 
 
 def study_like(rng, prompts=16, seeds=4, between=1.0, within=0.3, shift=0.0):
@@ -72,3 +77,46 @@ def test_bad_shapes_and_levels_are_named():
         nested_interval([1.0, 2.0], level=95)
     with pytest.raises(ValueError, match=r"same prompts and seeds: shapes \(3, 2\) and \(2, 2\)"):
         paired_difference(np.zeros((3, 2)), np.zeros((2, 2)))
+
+
+def two_groups(rng, prompts=16, repeats=(2, 2), between=2.0, within=0.3, shift=0.0):
+    """Two groups of training repeats on the same prompts, [P, R1] and [P, R2]: a prompt
+    effect both share, plus each repeat's own noise; the first shifted by ``shift``."""
+    prompt = rng.normal(0.0, between, size=(prompts, 1))
+    return (prompt + shift + rng.normal(0.0, within, size=(prompts, repeats[0])),
+            prompt + rng.normal(0.0, within, size=(prompts, repeats[1])))
+
+
+def test_a_difference_of_groups_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(5)
+    covered = [(i.low <= 0.0 <= i.high) for i in
+               (difference_of_groups(*two_groups(rng, repeats=(3, 2)), resamples=1000)
+                for _ in range(300))]
+    assert 0.85 <= np.mean(covered) <= 0.99, np.mean(covered)
+
+
+def test_groups_on_the_same_prompts_cancel_the_prompts_and_count_the_repeats():
+    rng = np.random.default_rng(6)
+    first, second = two_groups(rng, prompts=32, between=2.0, within=0.05, shift=0.3)
+    difference = difference_of_groups(first, second)
+    assert difference.verdict("max") == "better" and difference.low > 0.2
+    assert difference.mean == pytest.approx(first.mean() - second.mean())
+    assert (difference.num_prompts, difference.num_seeds) == (32, 2)
+    # each group's own interval is as wide as the prompt effect (sd 2): they overlap
+    assert nested_interval(first).low < nested_interval(second).high
+    # noisier repeats (training seeds that disagree) widen the interval
+    noisy = difference_of_groups(*two_groups(np.random.default_rng(6), prompts=32, between=2.0,
+                                             within=1.0, shift=0.3))
+    assert noisy.high - noisy.low > 3 * (difference.high - difference.low)
+
+
+def test_one_repeat_each_is_the_paired_difference_and_bad_shapes_are_refused():
+    rng = np.random.default_rng(7)
+    first, second = (rng.normal(size=12), rng.normal(size=12))
+    assert difference_of_groups(first, second) == paired_difference(first, second)
+    with pytest.raises(ValueError, match="the same number of prompts: 12 and 11"):
+        difference_of_groups(first, second[:11])
+    with pytest.raises(ValueError, match=r"\[prompts\] or \[prompts, seeds\]"):
+        difference_of_groups(np.zeros((2, 2, 2)), np.zeros((2, 2)))
+    nan = difference_of_groups([[1.0, math.nan], [math.nan, math.nan]], [[0.0], [0.0]])
+    assert nan.mean == pytest.approx(1.0)  # the all-NaN prompt is left out

@@ -391,3 +391,45 @@ def test_the_estimators_reading_names_each_method_with_its_cost_and_verdicts():
             "-0.01] (worse).") in text
     assert ("**noise_opt** (estimators; N = 1 repeats × 32 prompts; 4800 UNet passes, 290 s of "
             "optimisation): quality +0.3 [-0.4, +1] (indistinguishable).") in text
+
+
+def test_each_estimator_against_last_k_is_a_difference_of_groups_on_shared_prompts():
+    """analysis.estimators.differences_between: per estimator and score, the mean over prompts
+    of its repeats' mean minus last_k's, with the two-group interval; a score one table lacks
+    or on other prompts is left out; no last_k, no rows."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.estimators import differences_between, differences_reading
+    from textcraftor.bootstrap import difference_of_groups
+
+    rng = np.random.default_rng(0)
+    prompt = rng.normal(0.0, 2.0, size=(8, 1))  # what every method's image of a prompt shares
+
+    def table(shift: float, prompts: int = 8) -> dict:
+        quality = prompt[:prompts] + shift + rng.normal(0.0, 0.05, size=(prompts, 2))
+        return {"per_seed": {"quality": quality.tolist()},
+                "prompts": [{"diversity": 0.1} for _ in range(prompts)]}
+
+    tables = {"last_k": [table(0.0), table(0.0)], "window": [table(0.5), table(0.5)],
+              "drtune": [table(0.5, prompts=6)]}
+    rows = {(r["estimator"], r["score"]): r
+            for r in differences_between(tables, "last_k", ("quality", "diversity", "clip"))}
+    assert set(rows) == {("window", "quality"), ("window", "diversity")}  # drtune: 6 prompts
+    window = rows["window", "quality"]
+    mine = np.stack([np.mean(t["per_seed"]["quality"], axis=1) for t in tables["window"]], 1)
+    theirs = np.stack([np.mean(t["per_seed"]["quality"], axis=1) for t in tables["last_k"]], 1)
+    expected = difference_of_groups(mine, theirs)
+    assert (window["difference"], window["ci_low"], window["ci_high"]) == (
+        expected.mean, expected.low, expected.high)
+    assert window["difference"] == pytest.approx(0.5, abs=0.1)
+    assert window["verdict"] == "better" and window["ci_low"] > 0.3  # the prompts cancel
+    assert (window["repeats"], window["reference_repeats"], window["prompts"]) == (2, 2, 8)
+    assert rows["window", "diversity"]["difference"] == 0
+    assert rows["window", "diversity"]["verdict"] == "indistinguishable"
+    assert differences_between({"window": tables["window"]}, "last_k") == []
+    text = differences_reading(pd.DataFrame([{"sweep": "estimators", **rows["window", "quality"]}]))
+    assert text.startswith(f"- **window − last_k** (estimators; N = 2 vs 2 repeats × 8 "
+                           f"prompts): quality {window['difference']:+.3g} "
+                           f"[{window['ci_low']:+.3g}, {window['ci_high']:+.3g}] (better).")
+    assert "No sweep has finished trials" in differences_reading(pd.DataFrame())

@@ -94,6 +94,51 @@ def paired_difference(run: Sequence | np.ndarray, reference: Sequence | np.ndarr
     return nested_interval(a - b, level, resamples, seed)
 
 
+def difference_of_groups(first: Sequence | np.ndarray, second: Sequence | np.ndarray,
+                         level: float = LEVEL, resamples: int = RESAMPLES,
+                         seed: int = SEED) -> Interval:
+    """Two groups of repeats scored on the same prompts — e.g. two gradient estimators, each
+    trained with its own seeds: the mean over prompts of (first's repeat mean − second's), and
+    its bootstrap interval. A replicate draws P prompts with replacement, the same for both
+    groups (each prompt is scored by both, so what a prompt does to both cancels), then inside
+    each drawn prompt each group's repeats with replacement, independently (they are different
+    training runs). first: [P, R1], second: [P, R2] (or [P]: one repeat); NaN entries are left
+    out of every mean. Raises ValueError when the prompts differ in number, for a shape other
+    than [P] or [P, R], or a level outside (0, 1). num_seeds is min(R1, R2)."""
+    a, b = _as_prompts_by_seeds(first), _as_prompts_by_seeds(second)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"two groups on the same prompts need the same number of prompts: "
+                         f"{a.shape[0]} and {b.shape[0]}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    prompts = a.shape[0]
+
+    def row_means(array: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():  # a prompt with NaN entries only: "mean of empty slice"
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(array, axis=-1)
+
+    differences = row_means(a) - row_means(b)  # [P]
+    if not np.isfinite(differences).any():
+        return Interval(math.nan, math.nan, math.nan, prompts, min(a.shape[1], b.shape[1]))
+    mean = float(np.nanmean(differences))
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(prompts, size=(resamples, prompts, 1))
+    replicates = []
+    for array in (a, b):
+        repeats = array.shape[1]
+        within = (rng.integers(repeats, size=(resamples, prompts, repeats)) if repeats > 1
+                  else np.zeros((resamples, prompts, 1), dtype=int))
+        replicates.append(row_means(array[drawn, within]))  # [resamples, P]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(replicates[0] - replicates[1], axis=1)
+    means = means[np.isfinite(means)]
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(mean, float(low), float(high), prompts, min(a.shape[1], b.shape[1]))
+
+
 def _as_prompts_by_seeds(values: Sequence | np.ndarray) -> np.ndarray:
     array = np.asarray(values, dtype=float)
     if array.ndim == 1:
