@@ -284,9 +284,8 @@ def test_a_run_starts_from_a_lora_runs_tuned_encoder(two_runs, make_trainer, loa
                                encode(merged.text_encoder, merged), rtol=0, atol=0)
 
 
-def test_a_lora_checkpoint_without_its_run_or_any_encoder_is_refused_naming_it(two_runs,
-                                                                               load_tiny,
-                                                                               tmp_path):
+def test_a_lora_checkpoint_without_its_run_or_any_encoder_is_refused_naming_it(
+        two_runs, load_tiny, make_trainer, monkeypatch, capsys, tmp_path):
     import shutil
 
     from textcraftor.checkpoint import latest_checkpoint
@@ -300,6 +299,17 @@ def test_a_lora_checkpoint_without_its_run_or_any_encoder_is_refused_naming_it(t
     assert str(error.value).startswith(f"--text-encoder-from {lone} (model.source=unknown): ")
     assert "holds a text-encoder LoRA but no run config says which encoder it tuned" in str(
         error.value)
+    # refused before any weights load, by generate, a trainer and the image tasks alike
+    def no_loading(*_, **__):
+        raise AssertionError("weights loaded before the encoder's source was checked")
+
+    monkeypatch.setattr("textcraftor.models.load_pipeline", no_loading)
+    code = generate_main(["--prompt", PROMPTS[0], "--seeds", "0", "--text-encoder-from",
+                          str(lone), "--out", str(tmp_path / "never")])
+    assert code == 2 and "no run config says which encoder" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"^model.text_encoder_from .* no run config says"):
+        make_trainer(f"model.text_encoder_from={lone}", f"output_dir={tmp_path / 'never'}")
+    monkeypatch.undo()
     with pytest.raises(ConfigError) as error:
         transfer_text_encoder(load_tiny(), unet_run, "tiny", "model.text_encoder_from")
     assert str(error.value).startswith(f"model.text_encoder_from {unet_run} (model.source=tiny)")

@@ -212,10 +212,7 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, Path | None, list[i
         raise ConfigError(f"--finetuned-steps: must be in [0, sample.num_steps={t}], got {m}")
     check_model_limits(config)  # the model's JSON configs only
     if args.text_encoder_from:
-        try:
-            resolve_checkpoint(args.text_encoder_from)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(str(error).replace("--run", "--text-encoder-from")) from None
+        check_text_encoder_source(args.text_encoder_from)
     if args.unet_lora and config.model.train_unet != "none" and checkpoint is not None:
         raise ConfigError(f"--unet-lora: the --run checkpoint {checkpoint} already brings a "
                           f"trained UNet (model.train_unet={config.model.train_unet}); give "
@@ -234,16 +231,12 @@ def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: st
     from textcraftor.models import load_tokenizer
     from textcraftor.transfer import check_text_encoder_fits
 
-    checkpoint, run_config = resolve_checkpoint(run_or_checkpoint)
+    checkpoint, run_config, where = check_text_encoder_source(run_or_checkpoint, option)
     held = load_checkpoint(checkpoint).weights
     weights = held.get("text_encoder")
     source = run_config.model.source if run_config is not None else None
-    where = f"{option} {run_or_checkpoint} (model.source={source or 'unknown'})"
-    if weights is None and TEXT_ENCODER_LORA in held:
-        weights = lora_tuned_text_encoder(checkpoint, run_config, held[TEXT_ENCODER_LORA], where)
     if weights is None:
-        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder and no "
-                          f"text-encoder LoRA (it holds {', '.join(held) or 'no weights'})")
+        weights = lora_tuned_text_encoder(checkpoint, run_config, held[TEXT_ENCODER_LORA], where)
     source_tokenizer = (load_tokenizer(source, run_config.model.cache_dir,
                                        run_config.model.revision) if source else None)
     check_text_encoder_fits(weights, where, pipeline.text_encoder, pipeline.tokenizer,
@@ -253,16 +246,26 @@ def transfer_text_encoder(pipeline: Pipeline, run_or_checkpoint: str, target: st
     return source
 
 
-def lora_tuned_text_encoder(checkpoint: Path, run_config: RunConfig | None,
-                            lora_weights: Mapping[str, torch.Tensor], where: str
-                            ) -> dict[str, torch.Tensor]:
-    """The state dict of the encoder a text-encoder-LoRA run tuned: its own model source's
-    text encoder (``models.load_text_encoder``) with the checkpoint's LoRA merged at scale 1
-    (``lora.merge_adapter``: W + (α/r)·B·A). Raises ConfigError naming ``where`` when the
-    checkpoint has no run config to say which encoder it tuned, or no adapter folder."""
-    from textcraftor.lora import merge_adapter, read_adapter_folder
-    from textcraftor.models import load_text_encoder
-
+def check_text_encoder_source(run_or_checkpoint: str, option: str = "--text-encoder-from"
+                              ) -> tuple[Path, RunConfig | None, str]:
+    """What ``transfer_text_encoder`` will read, checked from the folders and ``state.json``
+    alone (no weights load): the checkpoint, its run's config (None for a lone checkpoint) and
+    the ``option`` phrase errors start with. Raises FileNotFoundError (no such run or
+    checkpoint) or ConfigError naming ``option``: a checkpoint with neither a text encoder nor
+    a text-encoder LoRA, or a LoRA without the run config that names its base encoder or
+    without its adapter folder."""
+    try:
+        checkpoint, run_config = resolve_checkpoint(run_or_checkpoint)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(str(error).replace("--run", option, 1)) from None
+    source = run_config.model.source if run_config is not None else None
+    where = f"{option} {run_or_checkpoint} (model.source={source or 'unknown'})"
+    held = json.loads((checkpoint / STATE_FILE).read_text()).get("weights", [])
+    if "text_encoder" in held:
+        return checkpoint, run_config, where
+    if TEXT_ENCODER_LORA not in held:
+        raise ConfigError(f"{where}: its checkpoint {checkpoint} holds no text encoder and no "
+                          f"text-encoder LoRA (it holds {', '.join(held) or 'no weights'})")
     if run_config is None:
         raise ConfigError(f"{where}: {checkpoint} holds a text-encoder LoRA but no run config "
                           f"says which encoder it tuned: give the run folder (or merge it into "
@@ -271,6 +274,20 @@ def lora_tuned_text_encoder(checkpoint: Path, run_config: RunConfig | None,
     if not (folder / ADAPTER_CONFIG).is_file():
         raise ConfigError(f"{where}: {checkpoint} holds text_encoder_lora weights but no "
                           f"adapter folder {folder} with {ADAPTER_CONFIG} (its LoRA config)")
+    return checkpoint, run_config, where
+
+
+def lora_tuned_text_encoder(checkpoint: Path, run_config: RunConfig | None,
+                            lora_weights: Mapping[str, torch.Tensor], where: str
+                            ) -> dict[str, torch.Tensor]:
+    """The state dict of the encoder a text-encoder-LoRA run tuned: its own model source's
+    text encoder (``models.load_text_encoder``) with the checkpoint's LoRA merged at scale 1
+    (``lora.merge_adapter``: W + (α/r)·B·A). ``check_text_encoder_source`` has checked the run
+    config and the adapter folder; ``where`` begins log lines."""
+    from textcraftor.lora import merge_adapter, read_adapter_folder
+    from textcraftor.models import load_text_encoder
+
+    folder = checkpoint / TEXT_ENCODER_LORA
     m = run_config.model
     lora_config, _ = read_adapter_folder(folder)
     base = load_text_encoder(m.source, m.cache_dir, m.revision)

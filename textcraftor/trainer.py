@@ -95,6 +95,10 @@ class TextCraftor:
         check_model_limits(config, pipeline)  # what the scheduler/VAE refuse, from configs
         if objective is None:
             check_reward_sources(config.reward)
+        if m.text_encoder_from:  # its checkpoint holds an encoder or a usable LoRA
+            from textcraftor.generate import check_text_encoder_source
+
+            check_text_encoder_source(m.text_encoder_from, "model.text_encoder_from")
         self.pipeline = (pipeline or load_pipeline(m.source, m.cache_dir, m.revision,
                                                    self.device)).to(self.device)
         if m.text_encoder_from:  # a tuned encoder to start from (checked against the tower)

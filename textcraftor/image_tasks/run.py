@@ -83,7 +83,7 @@ def check_inputs(config: TaskConfig, out: Path) -> None:
     image side its VAE does not divide, a UNet without the VAE's latent channels, a
     ``--text-encoder-from`` that is not a run or checkpoint folder, an ``--out`` that is a
     file. Raises ConfigError or FileNotFoundError naming the option."""
-    from textcraftor.generate import resolve_checkpoint
+    from textcraftor.generate import check_text_encoder_source
     from textcraftor.limits import model_limits
     from textcraftor.shapes_weights import SHAPES_PRESETS, is_shapes_preset
 
@@ -99,10 +99,7 @@ def check_inputs(config: TaskConfig, out: Path) -> None:
         raise ConfigError(f"--model: {config.model!r}: its VAE factor {limits.vae_factor} does "
                           f"not divide the world's {RESOLUTION} px")
     _check_unet_channels(config.model)
-    try:
-        resolve_checkpoint(config.text_encoder_from)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(str(error).replace("--run", "--text-encoder-from")) from None
+    check_text_encoder_source(config.text_encoder_from)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {str(out)!r} is a file; allowed: a folder (created if "
                           "missing)")
